@@ -1,0 +1,122 @@
+"""Datasets: AGIQA-1k, AGIQA-3k, the built-in SynthAGIQA, and any CSV.
+
+`load_dataset(name, data_root, **options)` is the one door; every loader returns
+a `Dataset` of `Item`s and raises `DataError` naming the file and row on bad
+input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from agiqa_bench.errors import ConfigError, DataError
+from agiqa_bench.records import Dataset
+
+CACHE_ENV = "AGIQA_BENCH_CACHE"
+
+
+def cache_root() -> Path:
+    """Where built-in artefacts (the default SynthAGIQA set) are cached."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agiqa_bench"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    summary: str
+    targets: tuple[str, ...]
+    label_file: str
+    loader: Callable[..., Dataset]
+
+
+def _load_agiqa1k(data_root=None, **options) -> Dataset:
+    from agiqa_bench.datasets import agiqa1k
+
+    return agiqa1k.load(data_root, **options)
+
+
+def _load_agiqa3k(data_root=None, **options) -> Dataset:
+    from agiqa_bench.datasets import agiqa3k
+
+    return agiqa3k.load(data_root, **options)
+
+
+def _load_csv(data_root=None, **options) -> Dataset:
+    from agiqa_bench.datasets import tabular
+
+    return tabular.load(data_root, **options)
+
+
+SYNTH_OPTIONS = ("n_prompts", "image_size", "seed")
+
+
+def _load_synthetic(data_root=None, **options) -> Dataset:
+    """A SynthAGIQA folder made by `agiqa-bench synth`, or the cached default one."""
+    from agiqa_bench.datasets import agiqa3k, synthetic
+
+    gen = {k: options.pop(k) for k in SYNTH_OPTIONS if k in options}
+    if data_root is None:
+        config = synthetic.default_config()
+        if gen:
+            config = synthetic.SynthConfig(**{**config.__dict__, **{k: int(v) for k, v in gen.items()}})
+        data_root = synthetic.ensure_synthetic(cache_root() / "synthetic", config)
+    elif gen:
+        raise ConfigError(f"synthetic: {', '.join(gen)} only apply to the built-in set; "
+                          "a folder given with --data-root is used as it is")
+    elif not (Path(data_root) / "data.csv").exists():
+        raise DataError(f"no SynthAGIQA set at {data_root} (data.csv missing); make one with `agiqa-bench synth --out {data_root}`")
+    return agiqa3k.load(data_root, name="synthetic", **options)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "synthetic": DatasetInfo(
+        "synthetic",
+        "SynthAGIQA: built-in prompt-conditioned shapes with simulated generator defects (offline, default)",
+        ("quality", "alignment", "overall"),
+        "data.csv (made by `agiqa-bench synth`)",
+        _load_synthetic,
+    ),
+    "agiqa1k": DatasetInfo(
+        "agiqa1k",
+        "AGIQA-1k: 1,080 images of 2 diffusion models, one coupled MOS",
+        ("overall",),
+        "AIGC_MOS_Zscore.xlsx + images (file/)",
+        _load_agiqa1k,
+    ),
+    "agiqa3k": DatasetInfo(
+        "agiqa3k",
+        "AGIQA-3k: 2,982 images of 6 generators, perceptual quality and alignment MOS",
+        ("quality", "alignment"),
+        "data.csv + images (images/ or AGIQA-3K/)",
+        _load_agiqa3k,
+    ),
+    "csv": DatasetInfo(
+        "csv",
+        "Your own dataset from a CSV/Excel label file (columns mapped with --dataset-opt)",
+        (),
+        "any; see `agiqa_bench.datasets.tabular`",
+        _load_csv,
+    ),
+}
+
+
+def load_dataset(name: str, data_root: str | Path | None = None, **options: Any) -> Dataset:
+    """Load a dataset by name.
+
+    Options common to all: images (folder), drop_missing, check_images,
+    duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules).
+    """
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    try:
+        return DATASETS[name].loader(data_root, **options)
+    except TypeError as exc:
+        if "unexpected keyword" in str(exc):
+            raise ConfigError(f"dataset {name!r} does not take option: {exc}") from None
+        raise

@@ -1,0 +1,175 @@
+"""Shared pieces of the dataset loaders: label-file reading, image folders, checks."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from agiqa_bench.errors import DataError, MissingImagesError
+from agiqa_bench.records import Dataset, Item
+
+#: Environment variable naming a folder that holds one sub-folder per dataset
+#: (`$AGIQA_BENCH_DATA/agiqa1k`, `$AGIQA_BENCH_DATA/agiqa3k`, ...).
+DATA_ENV = "AGIQA_BENCH_DATA"
+
+
+class DataWarning(UserWarning):
+    """Something in the labels was handled in a way the user should know about."""
+
+
+def resolve_root(name: str, data_root: str | Path | None) -> Path:
+    """The dataset folder: `--data-root`, else `$AGIQA_BENCH_DATA/<name>`."""
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+    elif os.environ.get(DATA_ENV):
+        root = Path(os.environ[DATA_ENV]).expanduser() / name
+    else:
+        raise DataError(
+            f"dataset {name!r} needs its files: pass --data-root DIR (the folder holding its label file "
+            f"and images) or set {DATA_ENV} to a folder containing a '{name}' sub-folder."
+        )
+    if not root.is_dir():
+        raise DataError(f"data root for {name!r} does not exist or is not a folder: {root}")
+    return root
+
+
+def require_file(root: Path, filename: str, dataset: str, hint: str = "") -> Path:
+    path = root / filename
+    if not path.is_file():
+        raise DataError(f"{dataset}: expected the label file {filename} at {path}, but it is not there.{hint}")
+    return path
+
+
+def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """Read a CSV or Excel label file and check its columns, naming the file on failure."""
+    try:
+        if path.suffix.lower() in (".xlsx", ".xls"):
+            frame = pd.read_excel(path)
+        else:
+            frame = pd.read_csv(path)
+    except Exception as exc:  # pandas raises many types; all mean "unreadable file"
+        raise DataError(f"cannot read label file {path}: {exc}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"label file {path} lacks column(s) {', '.join(missing)}; it has: {', '.join(map(str, frame.columns))}"
+        )
+    return frame
+
+
+def row_label(path: Path, index: int, header_rows: int = 1) -> str:
+    """'file.csv row 12' with the row number as a spreadsheet shows it (header = row 1)."""
+    return f"{path} row {index + 1 + header_rows}"
+
+
+def parse_float(value, path: Path, index: int, column: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not math.isfinite(out):
+        raise DataError(f"{row_label(path, index)}: column {column!r} must be a number, got {value!r}")
+    return out
+
+
+def text(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
+def find_image_dir(root: Path, candidates: Iterable[str], probe: str, images: str | Path | None) -> Path:
+    """The folder holding the images: --images if given, else the first candidate containing `probe`."""
+    if images is not None:
+        folder = Path(images).expanduser()
+        if not folder.is_absolute() and not folder.exists():
+            folder = root / folder
+        if not folder.is_dir():
+            raise DataError(f"image folder given with --images does not exist: {folder}")
+        return folder
+    for name in candidates:
+        folder = root / name if name else root
+        if (folder / probe).exists():
+            return folder
+    return root / next(iter(candidates))
+
+
+def attach_images(
+    name: str,
+    items: list[Item],
+    label_file: Path,
+    image_dir: Path,
+    *,
+    check_images: bool,
+    drop_missing: bool,
+) -> tuple[list[Item], list[str]]:
+    """Check that every image exists; raise up front, or drop with a warning when asked."""
+    notes: list[str] = []
+    if not check_images:
+        return items, notes
+    missing = [item.id for item in items if not item.image.is_file()]
+    if missing and not drop_missing:
+        raise MissingImagesError(label_file, image_dir, [Path(m).name for m in missing])
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" (and {len(missing) - 10} more)" if len(missing) > 10 else "")
+        msg = f"{name}: dropped {len(missing)} item(s) whose image is missing from {image_dir}: {shown}"
+        warnings.warn(msg, DataWarning, stacklevel=3)
+        notes.append(msg)
+        gone = set(missing)
+        items = [item for item in items if item.id not in gone]
+    if not items:
+        raise DataError(f"{name}: no item is left to benchmark (all images missing from {image_dir})")
+    return items, notes
+
+
+def dedupe(items: list[Item], label_file: Path, policy: str) -> tuple[list[Item], list[str]]:
+    """Resolve rows that repeat an image name: keep `first`, `last`, or average (`mean`) their targets."""
+    if policy not in ("first", "last", "mean"):
+        raise DataError(f"unknown duplicate policy {policy!r}; use first, last or mean")
+    by_id: dict[str, list[Item]] = {}
+    for item in items:
+        by_id.setdefault(item.id, []).append(item)
+    notes: list[str] = []
+    out: list[Item] = []
+    for item in items:
+        rows = by_id[item.id]
+        if len(rows) == 1:
+            out.append(item)
+            continue
+        if item is not rows[0]:
+            continue  # emitted at the first occurrence, to keep row order stable
+        if policy == "first":
+            kept = rows[0]
+        elif policy == "last":
+            kept = rows[-1]
+        else:
+            mean = {t: sum(r.targets[t] for r in rows) / len(rows) for t in rows[0].targets}
+            kept = Item(**{**rows[0].__dict__, "targets": mean})
+        values = "; ".join(", ".join(f"{t}={v:.4f}" for t, v in r.targets.items()) for r in rows)
+        msg = f"{label_file.name}: {item.id} is listed {len(rows)} times ({values}); kept '{policy}'"
+        warnings.warn(msg, DataWarning, stacklevel=3)
+        notes.append(msg)
+        out.append(kept)
+    return out, notes
+
+
+def finish(
+    name: str,
+    items: list[Item],
+    targets: tuple[str, ...],
+    label_file: Path,
+    image_dir: Path,
+    notes: list[str],
+    *,
+    check_images: bool,
+    drop_missing: bool,
+) -> Dataset:
+    label_groups = list(dict.fromkeys(item.group for item in items))
+    items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing)
+    return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,
+                   notes=notes + more, label_groups=label_groups)
