@@ -47,6 +47,12 @@ class Split:
     test: tuple[str, ...]
     test_groups: tuple[str, ...] = ()
 
+    @property
+    def hash(self) -> str:
+        """Content hash of this repeat's three parts (the key results are stored under)."""
+        body = json.dumps([self.repeat, self.train, self.val, self.test])
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
 
 @dataclass
 class SplitSet:
@@ -64,6 +70,12 @@ class SplitSet:
             sort_keys=True,
         )
         return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    @property
+    def family(self) -> str:
+        """Protocol and parameters without the repeat count: repeat r is the same for any R."""
+        params = {k: v for k, v in sorted(self.params.items()) if k != "repeats"}
+        return f"{self.protocol} " + json.dumps(params, sort_keys=True)
 
     def __len__(self) -> int:
         return len(self.splits)

@@ -30,3 +30,68 @@ def write_image(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
     return path
+
+
+def make_tiny_agiqa3k(root: Path) -> Path:
+    """An AGIQA-3k-layout folder: 12 prompts x 3 generators, 128 px images (two CPBD blocks wide).
+
+    Quality falls with blur, so sharpness methods have something to find.
+    """
+    import pandas as pd
+
+    rows = []
+    for idx in range(12):
+        for g, gen in enumerate(("genA_normal", "genB_lowstep", "genC_normal")):
+            blur = (idx + 3 * g) % 5
+            name = f"{gen}_{idx:03d}.png"
+            write_image(root / "images" / name, blurred_shapes(128, 2 * blur, seed=idx * 10 + g))
+            rows.append({"name": name, "prompt": f"prompt number {idx}", "adj1": "", "adj2": "", "style": "",
+                         "mos_quality": 4.0 - 0.7 * blur + 0.05 * g, "std_quality": 0.5,
+                         "mos_align": 1.0 + 0.2 * ((idx * 7 + g) % 11), "std_align": 0.6})
+    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
+    return root
+
+
+# -- methods used only by the tests ----------------------------------------------------
+import os  # noqa: E402
+import signal  # noqa: E402
+
+from agiqa_bench.images import load_rgb  # noqa: E402
+from agiqa_bench.method import Method, MethodSpec  # noqa: E402
+
+
+class Brightness(Method):
+    """Trainable toy: mean brightness, with its sign learned on the training part.
+
+    `fail_on_repeat` raises at that repeat.  The environment variable
+    AGIQA_TEST_KILL_AT=r SIGKILLs the whole process when fitting repeat r (to
+    test resuming after a hard kill with an unchanged configuration).
+    """
+
+    params = {"fail_on_repeat": -1}
+
+    def _feature(self, items):
+        return np.array([load_rgb(it.image).mean() for it in items])
+
+    def fit(self, train, val, targets):
+        super().fit(train, val, targets)
+        if str(self.context.repeat) == os.environ.get("AGIQA_TEST_KILL_AT"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.context.repeat == self.config["fail_on_repeat"]:
+            raise RuntimeError("boom at this repeat")
+        y = np.array([it.targets[targets[0]] for it in train])
+        self.sign = 1.0 if np.corrcoef(self._feature(train), y)[0, 1] >= 0 else -1.0
+
+    def predict(self, items):
+        return self.sign * self._feature(items)
+
+
+BRIGHTNESS = MethodSpec(name="brightness", factory="agiqa_test_support:Brightness", kind="trainable",
+                        summary="test toy", default_run=False)
+
+
+def register(monkeypatch, *specs):
+    """Add test-only specs to the registry for one test."""
+    from agiqa_bench import registry
+
+    monkeypatch.setattr(registry, "BUILTIN", [*registry.BUILTIN, *specs])

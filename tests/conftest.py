@@ -10,26 +10,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from agiqa_test_support import blurred_shapes, write_image  # noqa: E402
+from agiqa_test_support import make_tiny_agiqa3k  # noqa: E402
 
 
 @pytest.fixture
 def tiny_agiqa3k(tmp_path: Path) -> Path:
-    """An AGIQA-3k-layout folder: 12 prompts x 3 generators, 48 px images.
+    """A fresh tiny AGIQA-3k-layout folder the test may modify (see make_tiny_agiqa3k)."""
+    return make_tiny_agiqa3k(tmp_path / "tiny3k")
 
-    Quality falls with blur, so sharpness methods have something to find.
-    """
-    import pandas as pd
 
-    root = tmp_path / "tiny3k"
-    rows = []
-    for idx in range(12):
-        for g, gen in enumerate(("genA_normal", "genB_lowstep", "genC_normal")):
-            blur = (idx + 3 * g) % 5
-            name = f"{gen}_{idx:03d}.png"
-            write_image(root / "images" / name, blurred_shapes(48, blur, seed=idx * 10 + g))
-            rows.append({"name": name, "prompt": f"prompt number {idx}", "adj1": "", "adj2": "", "style": "",
-                         "mos_quality": 4.0 - 0.7 * blur + 0.05 * g, "std_quality": 0.5,
-                         "mos_align": 1.0 + 0.2 * ((idx * 7 + g) % 11), "std_align": 0.6})
-    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
-    return root
+@pytest.fixture(scope="session")
+def tiny_agiqa3k_shared(tmp_path_factory) -> Path:
+    """The same folder, made once per session: read it, never modify it."""
+    return make_tiny_agiqa3k(tmp_path_factory.mktemp("shared") / "tiny3k")

@@ -1,0 +1,105 @@
+"""Per-item feature cache: compute once per image, reuse across repeats and runs.
+
+Handcrafted methods extract a feature vector (or a zero-shot score) per image.
+The runner gives each method a cache folder inside the run folder; features are
+stored per namespace (method + feature parameters) in one `.npz`, keyed by item
+id and by the image file's size and modification time, so an edited image is
+recomputed.  Writes are atomic (temporary file + rename), so a killed run never
+leaves a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from agiqa_bench.records import Item
+
+
+def _item_key(item: Item) -> str:
+    try:
+        st = os.stat(item.image)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return f"{item.id}|{stamp}"
+
+
+def namespace_for(name: str, params: dict) -> str:
+    """A file-safe namespace from a feature name and the parameters it depends on."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return f"{safe}-{digest}"
+
+
+class FeatureCache:
+    """Vectors per item, persisted under `root` (or kept in memory when root is None)."""
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root is not None else None
+        self._memory: dict[str, dict[str, np.ndarray]] = {}
+
+    def _path(self, namespace: str) -> Path:
+        assert self.root is not None
+        return self.root / f"{namespace}.npz"
+
+    def _load(self, namespace: str) -> dict[str, np.ndarray]:
+        if namespace in self._memory:
+            return self._memory[namespace]
+        table: dict[str, np.ndarray] = {}
+        if self.root is not None and self._path(namespace).exists():
+            try:
+                with np.load(self._path(namespace), allow_pickle=False) as data:
+                    keys = [str(k) for k in data["keys"]]
+                    values = data["values"]
+                table = {k: values[i] for i, k in enumerate(keys)}
+            except (OSError, ValueError, KeyError):
+                table = {}  # unreadable cache: recompute, it is only a cache
+        self._memory[namespace] = table
+        return table
+
+    def _save(self, namespace: str) -> None:
+        if self.root is None:
+            return
+        table = self._memory[namespace]
+        self.root.mkdir(parents=True, exist_ok=True)
+        keys = np.array(list(table), dtype=str)
+        values = np.stack([np.atleast_1d(v) for v in table.values()]) if table else np.zeros((0, 0))
+        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".npz.tmp")
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, keys=keys, values=values)
+            os.replace(tmp, self._path(namespace))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def get(
+        self,
+        namespace: str,
+        items: Sequence[Item],
+        compute: Callable[[Item], np.ndarray],
+        *,
+        progress: Callable[[int], None] | None = None,
+        save_every: int = 64,
+    ) -> np.ndarray:
+        """Feature matrix (n, d) for `items`, computing only what is not cached."""
+        table = self._load(namespace)
+        keys = [_item_key(item) for item in items]
+        todo = [(k, item) for k, item in zip(keys, items) if k not in table]
+        for done, (key, item) in enumerate(todo, 1):
+            table[key] = np.atleast_1d(np.asarray(compute(item), dtype=np.float64))
+            if progress is not None:
+                progress(1)
+            if done % save_every == 0:
+                self._save(namespace)
+        if todo:
+            self._save(namespace)
+        return np.stack([np.atleast_1d(table[k]) for k in keys]) if keys else np.zeros((0, 0))

@@ -1,0 +1,290 @@
+"""The `agiqa-bench` command line.
+
+    agiqa-bench run [--methods a,b] [--dataset synthetic] ...   benchmark methods on grouped splits
+    agiqa-bench report [--out runs]                             markdown leaderboard from the store
+    agiqa-bench methods | datasets                              what is available
+    agiqa-bench splits export --dataset D --protocol P --output F
+    agiqa-bench synth --out DIR                                 write a SynthAGIQA set
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agiqa_bench import __version__
+from agiqa_bench.errors import AgiqaBenchError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
+splits_app = typer.Typer(no_args_is_help=True, help="Inspect and export train/validation/test splits.")
+app.add_typer(splits_app, name="splits")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Print expected errors as one clear message (exit 2) instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AgiqaBenchError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _split_list(values: Optional[List[str]]) -> list[str]:
+    out: list[str] = []
+    for value in values or []:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return out
+
+
+def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_missing: bool) -> dict:
+    options: dict = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--dataset-opt takes key=value, got {pair!r}")
+        options[key.strip()] = value
+    if images is not None:
+        options["images"] = images
+    if drop_missing:
+        options["drop_missing"] = True
+    return options
+
+
+def _version(value: bool):
+    if value:
+        console.print(f"agiqa-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+):
+    """Benchmark harness for AI-generated image quality assessment."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one readable line on stderr (dataset quirks, dropped items, ...)."""
+    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+DATASET_HELP = "Dataset: synthetic (built-in), agiqa1k, agiqa3k or csv."
+
+
+@app.command()
+@friendly
+def run(
+    methods: Optional[List[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: every runnable default method). See `agiqa-bench methods`."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d", help=DATASET_HELP),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images (or set AGIQA_BENCH_DATA)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
+    drop_missing: bool = typer.Option(False, "--drop-missing", help="Benchmark without items whose image is missing (listed in a warning)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
+    repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups) or ipiqa-reference (the IP-IQA code's folds)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder (results.sqlite, splits, caches)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys."),
+):
+    """Benchmark methods on identical grouped splits and store every result."""
+    from agiqa_bench.runner import execute, parse_overrides, plan_run
+
+    plan = plan_run(
+        _split_list(methods) or None,
+        dataset,
+        data_root=data_root,
+        dataset_options=_dataset_options(dataset_opt, images, drop_missing),
+        targets=_split_list(target) or None,
+        repeats=repeats,
+        split_protocol=split_protocol,
+        seed=seed,
+        val_fraction=val_fraction,
+        overrides=parse_overrides(set_ or []),
+    )
+    console.print(
+        f"[bold]{plan.dataset.name}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
+        f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
+        f"(hash {plan.splits.hash}); methods: {', '.join(m[0] for m in plan.methods)}"
+    )
+    summary = _execute_with_progress(plan, execute, out, device, force)
+    _print_summary(out, plan)
+    if summary.failed:
+        err_console.print(f"[bold red]{len(summary.failed)} (method, target, repeat) key(s) failed[/]; "
+                          f"see the Failures section of `agiqa-bench report --out {out}`.")
+        for method, tgt, rep, msg in summary.failed[:5]:
+            err_console.print(f"  {method} / {tgt} / repeat {rep}: {msg}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _execute_with_progress(plan, execute, out, device, force):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks: dict[str, int] = {}
+
+        def on_event(kind: str, payload: dict) -> None:
+            name = payload["method"]
+            if kind == "method":
+                tasks[name] = progress.add_task(f"{name:<18}", total=payload["repeats"] * payload["fits"])
+            elif kind in ("done", "error"):
+                progress.advance(tasks[name])
+
+        summary = execute(plan, out, device=device, force=force, on_event=on_event)
+        for task in progress.tasks:
+            progress.update(task.id, completed=task.total)
+    if summary.skipped:
+        console.print(f"skipped {summary.skipped} finished row(s) already in {out}/results.sqlite (use --force to redo)")
+    return summary
+
+
+def _print_summary(out: Path, plan) -> None:
+    from leaderboard.aggregate import summarize
+    from agiqa_bench.store import read_results
+
+    frame = read_results(out, status=None)
+    hashes = {s.hash for s in plan.splits.splits}
+    frame = frame[(frame["data_hash"] == plan.data_hash) & frame["split_hash"].isin(hashes)]
+    frame = frame[frame["method"].isin([m[0] for m in plan.methods])]
+    summary = summarize(frame)
+    table = Table(title=f"{plan.dataset.name}: mean over repeats (test parts)")
+    for col in ("method", "target", "repeats", "SRCC", "PLCC", "KRCC"):
+        table.add_column(col, justify="left" if col in ("method", "target") else "right")
+    for _, r in summary.sort_values(["target", "srcc_mean"], ascending=[True, False]).iterrows():
+        fmt = lambda m: "n/a" if r[f"{m}_mean"] != r[f"{m}_mean"] else f"{r[f'{m}_mean']:.4f}"  # noqa: E731
+        table.add_row(r["label"], r["target"], str(r["n"]), fmt("srcc"), fmt("plcc"), fmt("krcc"))
+    console.print(table)
+
+
+@app.command()
+@friendly
+def report(
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder of `agiqa-bench run`."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Where to write the markdown (default: OUT/leaderboard.md)."),
+):
+    """Write the markdown leaderboard (mean ± std over repeats, best in bold) and print it."""
+    from leaderboard import render_markdown
+    from agiqa_bench.store import read_results
+
+    frame = read_results(out, status=None)
+    text = render_markdown(frame)
+    target = output or (out / "leaderboard.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text + "\n")
+    print(text)
+    err_console.print(f"written to {target}")
+
+
+@app.command()
+@friendly
+def methods(pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'.")):
+    """List registered methods: kind, inputs, targets, weights needed and whether they are here."""
+    from agiqa_bench.registry import all_specs, list_methods, weights_status
+
+    names = set(list_methods(pattern))
+    table = Table(title="methods")
+    for col in ("name", "kind", "inputs", "targets", "variants", "weights", "notes"):
+        table.add_column(col)
+    for spec in all_specs():
+        if spec.name not in names and not any(f"{spec.name}.{v}" in names for v in spec.variants):
+            continue
+        weights = []
+        for w, ok in weights_status(spec):
+            mark = {True: "[green]available[/]", False: "[red]missing[/]", None: "unknown"}[ok]
+            weights.append(f"{w.name} ({w.param}): {mark}")
+        notes = []
+        if spec.aliases:
+            notes.append("alias " + ", ".join(spec.aliases))
+        if spec.approximation:
+            notes.append("[yellow]approximation[/]: " + spec.approximation)
+        if not spec.default_run:
+            notes.append("not in the default run")
+        table.add_row(
+            spec.name, spec.kind, "+".join(spec.inputs), ", ".join(spec.targets or ("any",)),
+            ", ".join(f"{spec.name}.{v}" for v in spec.variants) or "—",
+            "\n".join(weights) or "none", "; ".join(notes),
+        )
+    console.print(table)
+
+
+@app.command()
+def datasets():
+    """List the datasets and the files each expects."""
+    from agiqa_bench.datasets import DATASETS
+
+    table = Table(title="datasets")
+    for col in ("name", "targets", "label file", "description"):
+        table.add_column(col)
+    for info in DATASETS.values():
+        table.add_row(info.name, ", ".join(info.targets) or "(mapped)", info.label_file, info.summary)
+    console.print(table)
+
+
+@splits_app.command("export")
+@friendly
+def splits_export(
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
+    protocol: str = typer.Option("grouped", "--protocol", help="grouped or ipiqa-reference."),
+    output: Path = typer.Option(..., "--output", help="JSON file to write."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file (images not needed)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value."),
+    repeats: int = typer.Option(10, "--repeats", "-r"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+):
+    """Write the splits of a dataset as JSON (labels only; no image is read)."""
+    from agiqa_bench.datasets import load_dataset
+    from agiqa_bench.splits import make_splits
+
+    options = _dataset_options(dataset_opt, None, False)
+    options["check_images"] = False
+    ds = load_dataset(dataset, data_root, **options)
+    splits = make_splits(ds, protocol, repeats, seed, val_fraction)
+    splits.save(output)
+    sizes = ", ".join(str(len(s.test)) for s in splits.splits)
+    console.print(f"{len(splits)} {protocol} splits of {ds.name} (hash {splits.hash}); test sizes {sizes}; written to {output}")
+
+
+@app.command()
+@friendly
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write data.csv and images/ into."),
+    n_prompts: int = typer.Option(None, "--n-prompts", help="Number of prompts (groups)."),
+    seed: int = typer.Option(None, "--seed", help="Generation seed."),
+    image_size: int = typer.Option(None, "--image-size", help="Image side in pixels."),
+):
+    """Write a SynthAGIQA set (AGIQA-3k layout) for `run --dataset synthetic --data-root OUT`."""
+    from agiqa_bench.datasets import synthetic
+
+    config = synthetic.default_config()
+    changes = {k: v for k, v in (("n_prompts", n_prompts), ("seed", seed), ("image_size", image_size)) if v is not None}
+    config = synthetic.SynthConfig(**{**config.__dict__, **changes})
+    path = synthetic.write_synthetic(out, config)
+    console.print(f"SynthAGIQA written to {path} ({config.n_prompts} prompts x {len(config.generators)} generators)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

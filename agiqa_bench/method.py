@@ -1,0 +1,140 @@
+"""The one interface every method implements, and the spec that describes it.
+
+A method is a name plus a `MethodSpec` (what it is, what it needs) plus a class
+with `fit` / `predict`.  Specs are plain data kept in `agiqa_bench.registry`, so
+listing methods never imports model code.
+
+Contract:
+- `fit(train, val, targets)` trains on `train` (and may use `val` for model
+  selection; never anything else).  `targets` is a tuple of target names.
+  Zero-shot methods inherit the no-op fit.
+- `predict(items)` returns one score per item, shape (n,), or, for a method
+  whose spec says `joint_targets=True`, shape (n, len(targets)) in the order of
+  the targets it was fitted on.
+- Same params + same context seed => same predictions (tested for every
+  registered method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+
+from agiqa_bench.errors import ConfigError
+from agiqa_bench.records import Item
+
+Kind = Literal["zero-shot", "trainable"]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A weights file (or parameter file) a method needs.
+
+    Attributes:
+        name: what the weights are, e.g. "CLIP RN50 (openai)".
+        param: the method parameter that takes a local path (or hub tag).
+        hint: how a user obtains it.
+        check: optional "module:function" taking the method params and
+            returning True when the weights are available; imported lazily.
+    """
+
+    name: str
+    param: str
+    hint: str
+    check: str | None = None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Everything the harness needs to know about a method without importing it."""
+
+    name: str
+    factory: str  # "package.module:ClassName"
+    kind: Kind
+    summary: str
+    inputs: tuple[str, ...] = ("image",)
+    targets: tuple[str, ...] | None = None  # None: any target
+    lower_is_better: bool = False
+    joint_targets: bool = False
+    variants: dict[str, dict] = field(default_factory=dict)
+    weights: tuple[Weights, ...] = ()
+    aliases: tuple[str, ...] = ()
+    reference: str = ""  # paper / official code
+    approximation: str = ""  # non-empty: why the method is not faithful
+    default_run: bool = True  # part of `agiqa-bench run` when no --methods is given
+    smoke: dict = field(default_factory=dict)  # overrides for a fast smoke run (contract tests)
+
+    @property
+    def needs_prompt(self) -> bool:
+        return "prompt" in self.inputs
+
+    def supports(self, target: str) -> bool:
+        return self.targets is None or target in self.targets
+
+
+@dataclass
+class MethodContext:
+    """What the runner lends a method: device, seed and a place for caches."""
+
+    device: str = "cpu"
+    seed: int = 0
+    repeat: int = 0
+    cache_dir: Path | None = None
+    workdir: Path | None = None
+
+
+class Method:
+    """Base class.  Subclasses declare `params` (defaults) and implement `predict`."""
+
+    #: Hyperparameters and their defaults; `--set name.key=value` overrides them.
+    params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
+        self.spec = spec
+        self.context = context or MethodContext()
+        self.config = resolve_params(spec.name, type(self).params, config or {})
+        self.targets: tuple[str, ...] = ()
+
+    # -- training -----------------------------------------------------------------
+    def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
+        """Zero-shot default: remember the targets, learn nothing."""
+        self.targets = tuple(targets)
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def coerce(value: Any, default: Any, where: str) -> Any:
+    """Convert a CLI string to the type of the parameter's default."""
+    if not isinstance(value, str) or isinstance(default, str) or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{where}: cannot read {value!r} as {type(default).__name__}") from None
+    return value
+
+
+def resolve_params(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults updated with overrides; unknown keys are an error listing the valid ones."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "(none)"
+        raise ConfigError(f"method {name!r} has no parameter {', '.join(unknown)}; its parameters are: {valid}")
+    out = dict(defaults)
+    for key, value in overrides.items():
+        out[key] = coerce(value, defaults[key], f"{name}.{key}")
+    return out

@@ -1,0 +1,172 @@
+"""The method registry: one `MethodSpec` entry per method, loaded lazily.
+
+Adding a method = one file (the class) + one entry in `BUILTIN` below.  Listing
+specs imports no model code; `create_method` imports the class on demand.
+
+Names:
+- `method` or `method.variant` (variants are parameter overrides declared in
+  the spec, like timm's weight tags); aliases resolve to the canonical name.
+- Other packages add methods through the entry-point group
+  `agiqa_bench.methods`: each entry point names a `MethodSpec`, a list of them,
+  or a callable returning either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import warnings
+from importlib import metadata
+from typing import Any, Iterable
+
+from agiqa_bench.errors import ConfigError
+from agiqa_bench.method import Method, MethodContext, MethodSpec, Weights
+
+ENTRY_POINT_GROUP = "agiqa_bench.methods"
+
+BUILTIN: list[MethodSpec] = [
+    MethodSpec(
+        name="cpbd",
+        factory="baselines.cpbd:CPBD",
+        kind="zero-shot",
+        summary="Cumulative probability of blur detection (sharpness), the paper's 'DSIQA'.",
+        aliases=("dsiqa",),
+        reference="Narvekar & Karam, TIP 2011; port of the official CPBD_compute.m",
+    ),
+    MethodSpec(
+        name="ceiq",
+        factory="baselines.ceiq:CEIQ",
+        kind="trainable",
+        summary="Contrast-enhancement features (SSIM + 4 entropies) with an RBF SVR trained per split.",
+        variants={"grid": {"search": "grid"}},
+        reference="Yan, Li, Fu, arXiv 1904.08879; features from the official ceiq.m",
+    ),
+]
+
+
+def _entry_point_specs() -> list[MethodSpec]:
+    specs: list[MethodSpec] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, MethodSpec):
+                obj = obj()
+            found = [obj] if isinstance(obj, MethodSpec) else list(obj)
+        except Exception as exc:  # a broken plugin must not break the harness
+            warnings.warn(f"method plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        specs.extend(s for s in found if isinstance(s, MethodSpec))
+    return specs
+
+
+def all_specs() -> list[MethodSpec]:
+    """Built-in specs followed by plugin specs (a plugin may not shadow a built-in)."""
+    specs = list(BUILTIN)
+    taken = {s.name for s in specs} | {a for s in specs for a in s.aliases}
+    for spec in _entry_point_specs():
+        if spec.name in taken:
+            warnings.warn(f"method plugin {spec.name!r} ignored: the name is already registered", stacklevel=2)
+            continue
+        specs.append(spec)
+        taken.add(spec.name)
+    return specs
+
+
+def _by_name() -> dict[str, MethodSpec]:
+    table: dict[str, MethodSpec] = {}
+    for spec in all_specs():
+        table[spec.name] = spec
+        for alias in spec.aliases:
+            table[alias] = spec
+    return table
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'higrade.2' -> ('higrade', '2'); 'cpbd' -> ('cpbd', None)."""
+    base, _, variant = name.partition(".")
+    return base, (variant or None)
+
+
+def get_spec(name: str) -> tuple[MethodSpec, str | None]:
+    """The spec and variant for a (possibly aliased) `method[.variant]` name."""
+    base, variant = split_name(name.strip())
+    table = _by_name()
+    if base not in table:
+        close = ", ".join(sorted(n for n in table if n[:2] == base[:2])) or ", ".join(sorted(table))
+        raise ConfigError(f"unknown method {name!r}. Known methods: {close}. See `agiqa-bench methods`.")
+    spec = table[base]
+    if variant is not None and variant not in spec.variants:
+        known = ", ".join(f"{spec.name}.{v}" for v in spec.variants) or "none"
+        raise ConfigError(f"method {spec.name!r} has no variant {variant!r}; its variants: {known}")
+    return spec, variant
+
+
+def canonical_name(name: str) -> str:
+    spec, variant = get_spec(name)
+    return spec.name if variant is None else f"{spec.name}.{variant}"
+
+
+def list_methods(pattern: str | None = None) -> list[str]:
+    """Canonical names of every method and variant, optionally filtered by a glob."""
+    names: list[str] = []
+    for spec in all_specs():
+        names.append(spec.name)
+        names.extend(f"{spec.name}.{v}" for v in spec.variants)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def default_methods() -> list[str]:
+    """What `agiqa-bench run` runs when no --methods is given."""
+    return [s.name for s in all_specs() if s.default_run]
+
+
+def load_class(spec: MethodSpec) -> type[Method]:
+    module_name, _, attr = spec.factory.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"method {spec.name!r} cannot be imported from {module_name}: {exc}") from exc
+    return getattr(module, attr)
+
+
+def method_params(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolved hyperparameters of `name` (variant applied), without building it."""
+    spec, variant = get_spec(name)
+    cls = load_class(spec)
+    merged = dict(spec.variants.get(variant, {})) if variant else {}
+    merged.update(overrides or {})
+    from agiqa_bench.method import resolve_params
+
+    return resolve_params(canonical_name(name), cls.params, merged)
+
+
+def create_method(name: str, overrides: dict[str, Any] | None = None, context: MethodContext | None = None) -> Method:
+    """Build a method by name: `create_method('ceiq.grid', {'C': 10})`."""
+    spec, variant = get_spec(name)
+    cls = load_class(spec)
+    config = dict(spec.variants.get(variant, {})) if variant else {}
+    config.update(overrides or {})
+    method = cls(spec, config, context)
+    method.name = canonical_name(name)
+    return method
+
+
+def weights_status(spec: MethodSpec, params: dict[str, Any] | None = None) -> list[tuple[Weights, bool | None]]:
+    """(weights, available?) for each weights file the method needs; None = cannot tell."""
+    out: list[tuple[Weights, bool | None]] = []
+    for w in spec.weights:
+        ok: bool | None = None
+        if w.check:
+            module_name, _, attr = w.check.partition(":")
+            try:
+                ok = bool(getattr(importlib.import_module(module_name), attr)(params or {}))
+            except Exception:
+                ok = None
+        out.append((w, ok))
+    return out
+
+
+def iter_specs(names: Iterable[str]) -> list[tuple[str, MethodSpec]]:
+    return [(canonical_name(n), get_spec(n)[0]) for n in names]

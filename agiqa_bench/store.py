@@ -1,0 +1,193 @@
+"""The results store: one SQLite file per output folder.
+
+One row per (dataset, data hash, target, method, method config, split hash,
+repeat), where the split hash is that of the repeat's own train/val/test parts
+(so extending a run from 10 to 20 repeats reuses the first 10), with every metric, timings, the harness version and the full method
+configuration; per-item predictions in a second table.  All rows of one
+(method, repeat) are written in a single transaction, so a run killed at any
+moment leaves either all of them or none, and a rerun redoes exactly what is
+missing.  Failed keys are stored with status 'error' and are retried on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+DB_NAME = "results.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    data_hash TEXT NOT NULL,
+    target TEXT NOT NULL,
+    method TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    split_protocol TEXT NOT NULL,
+    split_family TEXT NOT NULL,
+    split_hash TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    srcc REAL, plcc REAL, krcc REAL, plcc_logistic REAL, rmse REAL,
+    n_train INTEGER, n_val INTEGER, n_test INTEGER,
+    fit_seconds REAL, predict_seconds REAL,
+    config_json TEXT NOT NULL,
+    overrides_json TEXT NOT NULL,
+    info_json TEXT NOT NULL,
+    harness_version TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (dataset, data_hash, target, method, config_hash, split_hash, repeat)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
+    item_id TEXT NOT NULL,
+    prediction REAL NOT NULL,
+    mos REAL NOT NULL,
+    PRIMARY KEY (result_id, item_id)
+);
+"""
+
+KEY_FIELDS = ("dataset", "data_hash", "target", "method", "config_hash", "split_hash", "repeat")
+
+
+@dataclass
+class ResultRow:
+    """One (method, target, repeat) outcome, ready to store."""
+
+    dataset: str
+    data_hash: str
+    target: str
+    method: str
+    config_hash: str
+    split_protocol: str
+    split_family: str
+    split_hash: str
+    repeat: int
+    status: str  # "ok" | "error"
+    config: dict
+    overrides: dict
+    harness_version: str
+    error: str | None = None
+    metrics: dict = field(default_factory=dict)
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    fit_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+    item_ids: Sequence[str] = ()
+    predictions: np.ndarray | None = None
+    mos: np.ndarray | None = None
+
+    def key(self) -> tuple:
+        return tuple(getattr(self, f) for f in KEY_FIELDS)
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+class ResultStore:
+    """Append-and-replace access to `<folder>/results.sqlite`."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / DB_NAME
+        self._conn = sqlite3.connect(self.path, timeout=30)
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.executescript(SCHEMA)
+        self._conn.commit()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------
+    def write(self, rows: Iterable[ResultRow]) -> None:
+        """Store rows atomically: all or nothing.  An existing row with the same key is replaced."""
+        rows = list(rows)
+        with self._conn:  # one transaction
+            for row in rows:
+                where = " AND ".join(f"{f} = ?" for f in KEY_FIELDS)
+                self._conn.execute(f"DELETE FROM results WHERE {where}", row.key())
+                cur = self._conn.execute(
+                    "INSERT INTO results (dataset, data_hash, target, method, config_hash, split_protocol, split_family, split_hash,"
+                    " repeat, status, error, srcc, plcc, krcc, plcc_logistic, rmse, n_train, n_val, n_test,"
+                    " fit_seconds, predict_seconds, config_json, overrides_json, info_json, harness_version, created_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        row.dataset, row.data_hash, row.target, row.method, row.config_hash, row.split_protocol,
+                        row.split_family, row.split_hash, row.repeat, row.status, row.error,
+                        *(_finite(row.metrics.get(m)) for m in ("srcc", "plcc", "krcc", "plcc_logistic", "rmse")),
+                        row.n_train, row.n_val, row.n_test, row.fit_seconds, row.predict_seconds,
+                        json.dumps(row.config, sort_keys=True, default=str),
+                        json.dumps(row.overrides, sort_keys=True, default=str),
+                        json.dumps(row.info, sort_keys=True, default=str),
+                        row.harness_version, time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    ),
+                )
+                if row.predictions is not None:
+                    rid = cur.lastrowid
+                    self._conn.executemany(
+                        "INSERT INTO predictions (result_id, item_id, prediction, mos) VALUES (?,?,?,?)",
+                        [(rid, i, float(p), float(m)) for i, p, m in zip(row.item_ids, row.predictions, row.mos)],
+                    )
+
+    # -- reading --------------------------------------------------------------------
+    def finished(self, key: tuple) -> bool:
+        where = " AND ".join(f"{f} = ?" for f in KEY_FIELDS)
+        cur = self._conn.execute(f"SELECT 1 FROM results WHERE {where} AND status = 'ok'", key)
+        return cur.fetchone() is not None
+
+    def frame(self, status: str | None = None):
+        """All result rows as a pandas DataFrame (config columns parsed)."""
+        import pandas as pd
+
+        query = "SELECT * FROM results"
+        params: tuple = ()
+        if status:
+            query += " WHERE status = ?"
+            params = (status,)
+        with closing(self._conn.cursor()) as cur:
+            cur.execute(query + " ORDER BY dataset, target, method, repeat", params)
+            cols = [d[0] for d in cur.description]
+            frame = pd.DataFrame(cur.fetchall(), columns=cols)
+        return frame
+
+    def predictions(self, result_id: int):
+        import pandas as pd
+
+        cur = self._conn.execute(
+            "SELECT item_id, prediction, mos FROM predictions WHERE result_id = ? ORDER BY rowid", (result_id,)
+        )
+        return pd.DataFrame(cur.fetchall(), columns=["item_id", "prediction", "mos"])
+
+
+def read_results(folder: str | Path = "runs", status: str | None = "ok"):
+    """Results of an output folder as a DataFrame (only successful rows by default)."""
+    path = Path(folder) / DB_NAME
+    if not path.exists():
+        from agiqa_bench.errors import DataError
+
+        raise DataError(f"no results store at {path}; run `agiqa-bench run --out {folder}` first")
+    with ResultStore(folder) as store:
+        return store.frame(status)

@@ -1,0 +1,48 @@
+"""Aggregate stored rows over repeats: mean, std and count per method and target."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+METRIC_COLUMNS = ("srcc", "plcc", "krcc", "plcc_logistic", "rmse")
+GROUP_COLUMNS = ["dataset", "data_hash", "split_protocol", "split_family", "target", "method", "config_hash"]
+
+
+def method_label(method: str, overrides_json: str) -> str:
+    """'ceiq' or 'ceiq {C=10}' when the user overrode parameters."""
+    try:
+        overrides = json.loads(overrides_json or "{}")
+    except json.JSONDecodeError:
+        overrides = {}
+    if not overrides:
+        return method
+    return f"{method} {{{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}}}"
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, protocol, target, method config) with mean/std/n of each metric.
+
+    Only status 'ok' rows are aggregated.  Standard deviation is the sample std
+    (ddof=1) over repeats; NaN metrics (constant predictions) are left out of
+    the mean and counted in `n_nan`.
+    """
+    ok = frame[frame["status"] == "ok"].copy()
+    if ok.empty:
+        return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "n"])
+    ok["label"] = [method_label(m, o) for m, o in zip(ok["method"], ok["overrides_json"])]
+    rows = []
+    for key, part in ok.groupby(GROUP_COLUMNS, sort=False):
+        row = dict(zip(GROUP_COLUMNS, key))
+        row["label"] = part["label"].iloc[0]
+        row["n"] = int(part["repeat"].nunique())
+        row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))
+        row["split_hashes"] = ",".join(part.sort_values("repeat")["split_hash"])
+        for metric in METRIC_COLUMNS:
+            values = part[metric].astype(float)
+            row[f"{metric}_mean"] = values.mean()
+            row[f"{metric}_std"] = values.std(ddof=1) if values.count() > 1 else float("nan")
+            row[f"{metric}_n_nan"] = int(values.isna().sum())
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,76 @@
+"""The command line, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from agiqa_test_support import BRIGHTNESS, DATASETS, REF_SPLITS, register
+from typer.testing import CliRunner
+
+from agiqa_bench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_methods_and_datasets_listings():
+    result = invoke("methods")
+    assert result.exit_code == 0, result.output
+    assert "cpbd" in result.output and "ceiq.grid" in result.output and "dsiqa" in result.output
+    result = invoke("datasets")
+    assert result.exit_code == 0 and "agiqa1k" in result.output and "synthetic" in result.output
+
+
+def test_run_then_report_on_agiqa3k_folder(tiny_agiqa3k, tmp_path):
+    out = tmp_path / "runs"
+    result = invoke("run", "--methods", "cpbd,ceiq", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k,
+                    "--repeats", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "SRCC" in result.output and "cpbd" in result.output
+    result = invoke("run", "--methods", "cpbd,ceiq", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k,
+                    "--repeats", "2", "--out", out)
+    assert "skipped 8 finished row(s)" in result.output
+    result = invoke("report", "--out", out)
+    assert result.exit_code == 0, result.output
+    text = (out / "leaderboard.md").read_text()
+    assert "| cpbd |" in text and "| ceiq |" in text
+    assert "quality SRCC" in text and "alignment SRCC" in text and "**" in text
+
+
+def test_splits_export_reproduces_reference_folds(tmp_path):
+    target = tmp_path / "f.json"
+    result = invoke("splits", "export", "--dataset", "agiqa1k", "--protocol", "ipiqa-reference",
+                    "--data-root", DATASETS / "agiqa1k", "--output", target)
+    assert result.exit_code == 0, result.output
+    data = json.loads(target.read_text())
+    ref = json.loads(REF_SPLITS.read_text())["agiqa1k"]
+    assert [set(s["test_groups"]) for s in data["splits"]] == [set(f["test_groups"]) for f in ref]
+
+
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, monkeypatch):
+    monkeypatch.delenv("AGIQA_BENCH_DATA", raising=False)
+    result = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "--data-root" in result.output and "Traceback" not in result.output
+    result = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", tmp_path)
+    assert result.exit_code == 2 and "data.csv" in result.output
+
+
+def test_failed_method_gives_nonzero_exit(tiny_agiqa3k, tmp_path, monkeypatch):
+    register(monkeypatch, BRIGHTNESS)
+    result = invoke("run", "--methods", "brightness,cpbd", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k,
+                    "--repeats", "2", "--out", tmp_path / "runs", "--set", "brightness.fail_on_repeat=0")
+    assert result.exit_code == 1
+    assert "failed" in result.output and "boom" in result.output
+    report = invoke("report", "--out", tmp_path / "runs")
+    assert "Failures" in report.output and "brightness" in report.output
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "agiqa_bench", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "agiqa-bench" in done.stdout

@@ -1,0 +1,86 @@
+"""The registry, and one contract test that every registered method must pass."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from agiqa_bench.datasets import load_dataset
+from agiqa_bench.errors import ConfigError
+from agiqa_bench.method import MethodContext
+from agiqa_bench.registry import all_specs, canonical_name, create_method, get_spec, list_methods
+from agiqa_bench.splits import make_splits
+
+
+def test_listing_imports_no_model_code():
+    code = (
+        "import sys; from agiqa_bench.registry import list_methods, all_specs; list_methods(); all_specs();"
+        "heavy = [m for m in ('torch', 'open_clip', 'pyiqa', 'sklearn', 'baselines.cpbd', 'baselines.ceiq', 'ipiqa')"
+        " if m in sys.modules]; print(heavy); assert not heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_names_variants_and_aliases():
+    assert canonical_name("dsiqa") == "cpbd"
+    spec, variant = get_spec("ceiq.grid")
+    assert spec.name == "ceiq" and variant == "grid"
+    assert "ceiq.grid" in list_methods() and list_methods("ceiq*") == ["ceiq", "ceiq.grid"]
+    with pytest.raises(ConfigError, match="no variant 'nope'"):
+        get_spec("ceiq.nope")
+    with pytest.raises(ConfigError, match="unknown method"):
+        get_spec("not-a-method")
+
+
+def test_specs_are_complete():
+    for spec in all_specs():
+        assert spec.kind in ("zero-shot", "trainable")
+        assert ":" in spec.factory and spec.summary
+        assert set(spec.inputs) <= {"image", "prompt"}
+
+
+def test_entry_point_plugins_are_picked_up(monkeypatch):
+    from agiqa_bench import registry
+    from agiqa_bench.method import MethodSpec
+
+    class FakeEntryPoint:
+        name, value = "toy", "toy_pkg:SPEC"
+
+        def load(self):
+            return MethodSpec(name="toy", factory="agiqa_test_support:Brightness", kind="trainable", summary="plugin")
+
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [FakeEntryPoint()])
+    assert "toy" in list_methods()
+    assert create_method("toy").spec.summary == "plugin"
+
+
+@pytest.fixture(scope="module")
+def contract_data(tiny_agiqa3k_shared):
+    ds = load_dataset("agiqa3k", tiny_agiqa3k_shared)
+    split = make_splits(ds, "grouped", repeats=1, seed=1)[0]
+    return ds, split
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_contract(name, contract_data, tmp_path):
+    """Build, fit on a tiny dataset, predict: right shape, finite, deterministic."""
+    ds, split = contract_data
+    spec, _ = get_spec(name)
+    targets = ds.targets if spec.joint_targets else ds.targets[:1]
+    train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
+    outputs = []
+    for attempt in range(2):
+        context = MethodContext(seed=7, cache_dir=tmp_path / f"cache{attempt}", workdir=tmp_path)
+        method = create_method(name, dict(spec.smoke), context)
+        method.fit(train, val, targets)
+        pred = np.asarray(method.predict(test), dtype=float)
+        expected = (len(test), len(targets)) if spec.joint_targets and pred.ndim == 2 else (len(test),)
+        assert pred.shape == expected
+        assert np.all(np.isfinite(pred))
+        outputs.append(pred)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-8)
+    assert np.ptp(outputs[0]) > 0, "a method that predicts a constant cannot be ranked"
