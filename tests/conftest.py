@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Built-in artefacts (the default SynthAGIQA set) go to a throw-away folder, not ~/.cache.
+os.environ["AGIQA_BENCH_CACHE"] = tempfile.mkdtemp(prefix="agiqa-bench-test-cache-")
 
 from agiqa_test_support import make_tiny_agiqa3k  # noqa: E402
 

@@ -74,3 +74,29 @@ def test_failed_method_gives_nonzero_exit(tiny_agiqa3k, tmp_path, monkeypatch):
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "agiqa_bench", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and "agiqa-bench" in done.stdout
+
+
+def test_default_run_on_builtin_synthetic_then_report(tmp_path):
+    out = tmp_path / "runs"
+    result = invoke("run", "--dataset-opt", "n_prompts=12", "--dataset-opt", "image_size=64", "--repeats", "2",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "synthetic: 72 items, 12 groups" in result.output.replace("\n", " ")
+    report = invoke("report", "--out", out)
+    assert report.exit_code == 0
+    for method in ("cpbd", "ceiq"):
+        assert f"| {method} |" in report.output
+    assert "overall SRCC" in report.output
+
+
+def test_synth_command_then_run_on_that_folder(tmp_path):
+    folder = tmp_path / "synth"
+    result = invoke("synth", "--out", folder, "--n-prompts", "10", "--image-size", "64", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert (folder / "data.csv").exists() and len(list((folder / "images").iterdir())) == 60
+    result = invoke("run", "--methods", "cpbd", "--dataset", "synthetic", "--data-root", folder, "--repeats", "1",
+                    "--target", "quality", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    result = invoke("run", "--methods", "cpbd", "--dataset", "synthetic", "--data-root", tmp_path / "nothing",
+                    "--out", tmp_path / "runs")
+    assert result.exit_code == 2 and "agiqa-bench synth" in result.output.replace("\n", " ")

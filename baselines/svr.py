@@ -1,0 +1,225 @@
+"""Shared RBF-SVR regression for handcrafted-feature methods (CEIQ, GMLF, HIGRADE).
+
+A subclass of `FeatureSVR` only says how to turn an RGB image into a 1-D
+feature vector (`extract`) and names the features (`feature_name`,
+`feature_version`).  This module does the rest, as LIBSVM users do:
+
+- Features are computed once per image and kept in the run's `FeatureCache`
+  (``<cache_dir>/features``), so the repeats of a benchmark, which build a new
+  method object each, reuse them.
+- ``svm-scale``-style min-max scaling of each feature to [-1, 1], fitted on the
+  training part only.  A feature that is constant over the training part maps
+  to 0 (svm-scale drops it); test values outside the training range are *not*
+  clipped.
+- ``sklearn.svm.SVR`` (LIBSVM's epsilon-SVR) with an RBF kernel on the raw
+  target (MOS).  Defaults are LIBSVM's: C = 1, gamma = 1/d ("auto"),
+  epsilon = 0.1.
+- ``search="grid"``: C in 2^-5, 2^-3, ..., 2^15 and gamma in 2^-15, ..., 2^3
+  (the usual LIBSVM grid; narrow it with ``grid_log2_C`` / ``grid_log2_gamma``
+  = "start:stop:step", e.g. ``--set ceiq.grid.grid_log2_C=-3:9:2``: fits at
+  C = 2^15 take tens of seconds on a few thousand items, so the full grid costs
+  hours on AGIQA-3k), scored by grouped K-fold cross-validation inside the
+  training part (`GroupKFold` on `Item.group`, so one prompt never sits on both
+  sides of a fold; scaling is refitted inside each fold).  The pair with the
+  highest mean fold SRCC wins (SRCC because it is the benchmark's headline
+  metric and is insensitive to the SVR's output scale; a fold whose
+  predictions are constant counts as SRCC 0).  Ties keep the first pair in
+  grid order (smaller C, then smaller gamma).  The validation and test parts
+  are never looked at.  With fewer than two groups the search is skipped and
+  the given C / gamma are used.
+
+The chosen hyperparameters are recorded in ``self.selected``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.model_selection import GroupKFold
+from sklearn.svm import SVR
+
+from agiqa_bench.cache import FeatureCache, namespace_for
+from agiqa_bench.errors import ConfigError
+from agiqa_bench.images import load_rgb
+from agiqa_bench.method import Method, MethodContext, MethodSpec
+from agiqa_bench.records import Item
+
+#: LIBSVM's grid.py ranges: log2 C in -5..15, log2 gamma in -15..3, step 2.
+LIBSVM_LOG2_C = "-5:15:2"
+LIBSVM_LOG2_GAMMA = "-15:3:2"
+SEARCH_MODES = ("none", "grid")
+
+
+def log2_grid(spec: str, name: str) -> tuple[float, ...]:
+    """'-5:15:2' -> (2^-5, 2^-3, ..., 2^15), both ends included."""
+    try:
+        start, stop, step = (int(v) for v in str(spec).split(":"))
+        if step <= 0 or stop < start:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{name} must read 'start:stop:step' in log2 units with step > 0, e.g. -5:15:2; got {spec!r}") from None
+    return tuple(2.0**k for k in range(start, stop + 1, step))
+
+
+# -- svm-scale ----------------------------------------------------------------------
+def fit_scaling(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature (min, max) over the rows given (the training part)."""
+    return features.min(axis=0), features.max(axis=0)
+
+
+def apply_scaling(features: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map [low, high] to [-1, 1] per feature; constant features become 0; no clipping."""
+    span = high - low
+    safe = np.where(span > 0, span, 1.0)
+    scaled = -1.0 + 2.0 * (features - low) / safe
+    return np.where(span > 0, scaled, 0.0)
+
+
+def srcc(prediction: np.ndarray, target: np.ndarray) -> float:
+    """Spearman correlation; 0 when it is undefined (a constant side)."""
+    if len(target) < 2 or np.ptp(prediction) == 0 or np.ptp(target) == 0:
+        return 0.0
+    value = spearmanr(prediction, target).statistic
+    return float(value) if np.isfinite(value) else 0.0
+
+
+class FeatureSVR(Method):
+    """Base class: handcrafted features + min-max scaling + RBF epsilon-SVR.
+
+    Subclasses set `feature_name` / `feature_version` and implement `extract`.
+    One target at a time (the spec's ``joint_targets=False``).
+    """
+
+    #: Names the feature cache namespace; also shown in errors.
+    feature_name: ClassVar[str] = ""
+    #: Bump when `extract` changes, so cached features are recomputed.
+    feature_version: ClassVar[str] = "1"
+
+    params: ClassVar[dict[str, Any]] = {
+        "C": 1.0,
+        "gamma": "auto",  # "auto" = 1 / n_features (LIBSVM default) or a number
+        "epsilon": 0.1,
+        "search": "none",  # "none" | "grid"
+        "cv_folds": 5,
+        "grid_log2_C": LIBSVM_LOG2_C,
+        "grid_log2_gamma": LIBSVM_LOG2_GAMMA,
+    }
+
+    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
+        super().__init__(spec, config, context)
+        self._check_config()
+        self.selected: dict[str, Any] = {}
+        self.scale_low: np.ndarray | None = None
+        self.scale_high: np.ndarray | None = None
+        self.model: SVR | None = None
+        self._cache: FeatureCache | None = None
+
+    # -- to implement ------------------------------------------------------------
+    def extract(self, rgb: np.ndarray) -> np.ndarray:
+        """1-D feature vector of an RGB uint8 image (H, W, 3)."""
+        raise NotImplementedError
+
+    def feature_params(self) -> dict[str, Any]:
+        """Parameters the features depend on (part of the cache namespace)."""
+        return {}
+
+    # -- configuration -----------------------------------------------------------
+    def _check_config(self) -> None:
+        name = self.spec.name
+        if self.config["search"] not in SEARCH_MODES:
+            raise ConfigError(f"{name}.search must be one of {', '.join(SEARCH_MODES)}, not {self.config['search']!r}")
+        if not float(self.config["C"]) > 0:
+            raise ConfigError(f"{name}.C must be positive, not {self.config['C']!r}")
+        if not float(self.config["epsilon"]) >= 0:
+            raise ConfigError(f"{name}.epsilon must be zero or positive, not {self.config['epsilon']!r}")
+        if int(self.config["cv_folds"]) < 2:
+            raise ConfigError(f"{name}.cv_folds must be at least 2, not {self.config['cv_folds']!r}")
+        self._gamma(1)  # validates the value
+        log2_grid(self.config["grid_log2_C"], f"{name}.grid_log2_C")
+        log2_grid(self.config["grid_log2_gamma"], f"{name}.grid_log2_gamma")
+
+    def _gamma(self, n_features: int) -> float:
+        """The configured gamma as a number ("auto" = 1/d)."""
+        value = self.config["gamma"]
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return 1.0 / max(n_features, 1)
+        try:
+            gamma = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.spec.name}.gamma must be 'auto' or a positive number, not {value!r}") from None
+        if not gamma > 0:
+            raise ConfigError(f"{self.spec.name}.gamma must be positive, not {value!r}")
+        return gamma
+
+    # -- features ------------------------------------------------------------------
+    def features(self, items: Sequence[Item]) -> np.ndarray:
+        """Feature matrix (n, d), computed once per image and cached."""
+        if self._cache is None:
+            root = self.context.cache_dir / "features" if self.context.cache_dir else None
+            self._cache = FeatureCache(root)
+        namespace = namespace_for(
+            self.feature_name or type(self).__name__, {"version": self.feature_version, **self.feature_params()}
+        )
+        return self._cache.get(namespace, items, lambda item: self.extract(load_rgb(item.image)))
+
+    # -- training -------------------------------------------------------------------
+    def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
+        """Fit on `train` only; `val` is unused (the grid search cross-validates inside train)."""
+        targets = tuple(targets)
+        if len(targets) != 1:
+            raise ValueError(f"{self.spec.name} fits one target at a time, got {targets}")
+        if not train:
+            raise ValueError(f"{self.spec.name}: no training items")
+        super().fit(train, val, targets)
+        x = self.features(train)
+        y = np.array([item.targets[targets[0]] for item in train], dtype=np.float64)
+        if self.config["search"] == "grid":
+            self.selected = self._grid_search(x, y, [item.group for item in train])
+        else:
+            self.selected = {"C": float(self.config["C"]), "gamma": self._gamma(x.shape[1]), "search": "none"}
+        self.scale_low, self.scale_high = fit_scaling(x)
+        self.model = self._svr(self.selected["C"], self.selected["gamma"])
+        self.model.fit(apply_scaling(x, self.scale_low, self.scale_high), y)
+
+    def _svr(self, c: float, gamma: float) -> SVR:
+        return SVR(kernel="rbf", C=c, gamma=gamma, epsilon=float(self.config["epsilon"]), cache_size=500)
+
+    def _grid_search(self, x: np.ndarray, y: np.ndarray, groups: list[str]) -> dict[str, Any]:
+        """Best (C, gamma) by grouped K-fold SRCC inside the training part."""
+        n_folds = min(int(self.config["cv_folds"]), len(set(groups)))
+        if n_folds < 2:
+            return {
+                "C": float(self.config["C"]),
+                "gamma": self._gamma(x.shape[1]),
+                "search": "skipped: fewer than 2 groups in the training part",
+            }
+        folds = list(GroupKFold(n_splits=n_folds).split(x, y, groups))
+        best: dict[str, Any] = {}
+        for c in log2_grid(self.config["grid_log2_C"], "grid_log2_C"):
+            for gamma in log2_grid(self.config["grid_log2_gamma"], "grid_log2_gamma"):
+                score = float(
+                    np.mean([self._fold_srcc(x, y, fit_rows, eval_rows, c, gamma) for fit_rows, eval_rows in folds])
+                )
+                if not best or score > best["cv_srcc"]:
+                    best = {"C": c, "gamma": gamma, "cv_srcc": score}
+        return {**best, "search": "grid", "cv_folds": n_folds}
+
+    def _fold_srcc(
+        self, x: np.ndarray, y: np.ndarray, fit_rows: np.ndarray, eval_rows: np.ndarray, c: float, gamma: float
+    ) -> float:
+        """SRCC on one held-out fold, with scaling fitted on the fold's training rows."""
+        low, high = fit_scaling(x[fit_rows])
+        model = self._svr(c, gamma).fit(apply_scaling(x[fit_rows], low, high), y[fit_rows])
+        return srcc(model.predict(apply_scaling(x[eval_rows], low, high)), y[eval_rows])
+
+    # -- prediction ----------------------------------------------------------------
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        if self.model is None or self.scale_low is None or self.scale_high is None:
+            raise RuntimeError(f"{self.spec.name}: call fit() before predict()")
+        if not items:
+            return np.zeros(0, dtype=np.float64)
+        x = apply_scaling(self.features(items), self.scale_low, self.scale_high)
+        return np.asarray(self.model.predict(x), dtype=np.float64)
