@@ -66,6 +66,9 @@ class MethodSpec:
     approximation: str = ""  # non-empty: why the method is not faithful
     default_run: bool = True  # part of `agiqa-bench run` when no --methods is given
     smoke: dict = field(default_factory=dict)  # overrides for a fast smoke run (contract tests)
+    #: Per-dataset parameter defaults, applied before variant and user overrides
+    #: (e.g. the tiny offline backbone on `synthetic`); recorded with every result.
+    dataset_defaults: dict[str, dict] = field(default_factory=dict)
 
     @property
     def needs_prompt(self) -> bool:
@@ -82,8 +85,10 @@ class MethodContext:
     device: str = "cpu"
     seed: int = 0
     repeat: int = 0
+    dataset: str = ""
     cache_dir: Path | None = None
     workdir: Path | None = None
+    keep_checkpoints: bool = False
 
 
 class Method:
@@ -105,6 +110,13 @@ class Method:
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         raise NotImplementedError
+
+    #: True when the configuration selects epochs on the test part (`selection=test-oracle`);
+    #: the runner then hands the test items to `set_oracle` before `fit`.
+    uses_test_oracle: bool = False
+
+    def set_oracle(self, items: Sequence[Item]) -> None:
+        raise NotImplementedError(f"{self.spec.name} has no test-oracle protocol")
 
 
 def coerce(value: Any, default: Any, where: str) -> Any:

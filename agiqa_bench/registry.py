@@ -131,24 +131,30 @@ def load_class(spec: MethodSpec) -> type[Method]:
     return getattr(module, attr)
 
 
-def method_params(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolved hyperparameters of `name` (variant applied), without building it."""
+def layered_config(name: str, overrides: dict[str, Any] | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """Parameter overrides in precedence order: dataset defaults < variant < user overrides."""
     spec, variant = get_spec(name)
-    cls = load_class(spec)
-    merged = dict(spec.variants.get(variant, {})) if variant else {}
+    merged = dict(spec.dataset_defaults.get(dataset, {})) if dataset else {}
+    merged.update(spec.variants.get(variant, {}) if variant else {})
     merged.update(overrides or {})
+    return merged
+
+
+def method_params(name: str, overrides: dict[str, Any] | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """Resolved hyperparameters of `name` (dataset defaults and variant applied), without building it."""
     from agiqa_bench.method import resolve_params
 
-    return resolve_params(canonical_name(name), cls.params, merged)
+    spec, _ = get_spec(name)
+    return resolve_params(canonical_name(name), load_class(spec).params, layered_config(name, overrides, dataset))
 
 
-def create_method(name: str, overrides: dict[str, Any] | None = None, context: MethodContext | None = None) -> Method:
+def create_method(name: str, overrides: dict[str, Any] | None = None, context: MethodContext | None = None,
+                  dataset: str | None = None) -> Method:
     """Build a method by name: `create_method('ceiq.grid', {'C': 10})`."""
-    spec, variant = get_spec(name)
+    spec, _ = get_spec(name)
     cls = load_class(spec)
-    config = dict(spec.variants.get(variant, {})) if variant else {}
-    config.update(overrides or {})
-    method = cls(spec, config, context)
+    dataset = dataset if dataset is not None else (context.dataset if context else None)
+    method = cls(spec, layered_config(name, overrides, dataset), context)
     method.name = canonical_name(name)
     return method
 

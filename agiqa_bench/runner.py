@@ -141,7 +141,7 @@ def plan_run(
         if spec.needs_prompt and not ds.has_prompts:
             raise ConfigError(f"method {name!r} scores images against their prompts, but dataset {ds.name!r} has none")
         mine = overrides_for(name, overrides)
-        config = method_params(name, mine)
+        config = method_params(name, mine, ds.name)
         tgts = tuple(t for t in wanted if spec.supports(t))
         if not tgts:
             raise ConfigError(f"method {name!r} supports targets {spec.targets}, none of {wanted}")
@@ -155,6 +155,8 @@ def _fit_predict(name, overrides, context, ds, split, targets):
     """Train one model on `targets` and return (n_test, len(targets)) predictions and timings."""
     method = create_method(name, overrides, context)
     train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
+    if method.uses_test_oracle:
+        method.set_oracle(test)  # selection on the test part, as the reference code; labelled in reports
     t0 = time.perf_counter()
     method.fit(train, val, targets)
     t1 = time.perf_counter()
@@ -175,6 +177,7 @@ def execute(
     device: str = "auto",
     force: bool = False,
     keep_going: bool = True,
+    keep_checkpoints: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> RunSummary:
     """Run a plan, writing into `<out>/results.sqlite`."""
@@ -207,7 +210,8 @@ def execute(
                             raise MethodUnavailable(unavailable)
                         context = MethodContext(
                             device=device, seed=method_seed(splits.params.get("seed", 0), split.repeat, name),
-                            repeat=split.repeat, cache_dir=out / "cache" / ds.name / plan.data_hash, workdir=out)
+                            repeat=split.repeat, dataset=ds.name, cache_dir=out / "cache" / ds.name / plan.data_hash,
+                            workdir=out, keep_checkpoints=keep_checkpoints)
                         with warnings.catch_warnings(record=True) as caught:
                             warnings.simplefilter("always")
                             pred, fit_s, pred_s, info = _fit_predict(name, mine, context, ds, split, tgroup)
@@ -242,10 +246,11 @@ def execute(
 
 
 def run_benchmark(methods: Sequence[str] | None = None, dataset: str | Dataset = "synthetic", *,
-                  out: str | Path = "runs", device: str = "auto", force: bool = False, **plan_options) -> RunSummary:
+                  out: str | Path = "runs", device: str = "auto", force: bool = False, keep_checkpoints: bool = False,
+                  **plan_options) -> RunSummary:
     """Plan and execute a benchmark; see `plan_run` for the options.
 
     >>> summary = run_benchmark(["cpbd", "ceiq"], "synthetic", repeats=2, out="runs")  # doctest: +SKIP
     """
     plan = plan_run(methods, dataset, **plan_options)
-    return execute(plan, out, device=device, force=force)
+    return execute(plan, out, device=device, force=force, keep_checkpoints=keep_checkpoints)
