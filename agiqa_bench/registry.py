@@ -24,7 +24,38 @@ from agiqa_bench.method import Method, MethodContext, MethodSpec, Weights
 
 ENTRY_POINT_GROUP = "agiqa_bench.methods"
 
+#: IP-IQA on the built-in synthetic set: the tiny offline CLIP, sized for a CPU run of minutes.
+IPIQA_SYNTHETIC = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64, "epochs": 12,
+                   "batch_size": 16, "lr": 3e-4, "head_lr_scale": 3.0, "dropout": 0.1}
+#: The fastest configuration that still exercises every part (contract tests).
+IPIQA_SMOKE = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64, "epochs": 1, "batch_size": 8,
+               "selection": "last"}
+
 BUILTIN: list[MethodSpec] = [
+    MethodSpec(
+        name="ipiqa",
+        factory="ipiqa.method:IPIQAMethod",
+        kind="trainable",
+        summary="IP-IQA: CLIP image stream + prompt stream with a [QA] token, fused by prompt-queried attention pooling.",
+        inputs=("image", "prompt"),
+        joint_targets=True,
+        variants={
+            # the paper's Table 3 rows (Image2Prompt rows need --image2prompt CKPT)
+            "image_only": {"use_prompt": False, "mlp_head": False, "use_image2prompt": "no"},
+            "i2p_image_only": {"use_prompt": False, "mlp_head": False, "use_image2prompt": "yes"},
+            "integral": {"qa_token": False, "use_image2prompt": "no"},
+            "i2p_integral": {"qa_token": False, "use_image2prompt": "yes"},
+            "full": {"use_image2prompt": "yes"},
+            # the public code's text handling (whole token table + positional embedding + projection train)
+            "reference": {"text_mode": "reference"},
+        },
+        weights=(Weights("CLIP RN50 (openai)", "pretrained",
+                         "downloaded by open_clip on first use; offline, pass a local RN50.pt with --set ipiqa.pretrained=PATH",
+                         check="ipiqa.backbone:check_weights"),),
+        reference="Qu, Li, Gao, ICME 2024 (arXiv 2403.18714); code Coobiw/IP-IQA",
+        dataset_defaults={"synthetic": IPIQA_SYNTHETIC},
+        smoke=IPIQA_SMOKE,
+    ),
     MethodSpec(
         name="cpbd",
         factory="baselines.cpbd:CPBD",

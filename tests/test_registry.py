@@ -65,17 +65,36 @@ def contract_data(tiny_agiqa3k_shared):
     return ds, split
 
 
+@pytest.fixture(scope="module")
+def image2prompt_ckpt(tmp_path_factory):
+    """A tiny Image2Prompt checkpoint (random visual weights) for the variants that need one."""
+    import torch
+
+    from ipiqa.backbone import load_clip
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("i2p") / "tiny-i2p.pt"
+    visual = load_clip("agiqa-tiny-rn", "").visual.state_dict()
+    torch.save({"format": "agiqa-bench/image2prompt@1", "clip_model": "agiqa-tiny-rn", "visual": visual}, path)
+    return path
+
+
 @pytest.mark.parametrize("name", list_methods())
-def test_method_contract(name, contract_data, tmp_path):
+def test_method_contract(name, contract_data, image2prompt_ckpt, tmp_path):
     """Build, fit on a tiny dataset, predict: right shape, finite, deterministic."""
+    from agiqa_bench.registry import load_class
+
     ds, split = contract_data
     spec, _ = get_spec(name)
+    smoke = dict(spec.smoke)
+    if "image2prompt" in load_class(spec).params:
+        smoke["image2prompt"] = str(image2prompt_ckpt)
     targets = ds.targets if spec.joint_targets else ds.targets[:1]
     train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
     outputs = []
     for attempt in range(2):
         context = MethodContext(seed=7, cache_dir=tmp_path / f"cache{attempt}", workdir=tmp_path)
-        method = create_method(name, dict(spec.smoke), context)
+        method = create_method(name, smoke, context)
         method.fit(train, val, targets)
         pred = np.asarray(method.predict(test), dtype=float)
         expected = (len(test), len(targets)) if spec.joint_targets and pred.ndim == 2 else (len(test),)

@@ -1,0 +1,92 @@
+"""Loading CLIP backbones through open_clip, with errors that say how to get the weights.
+
+`load_clip(model, pretrained)` is the one door:
+- `model`: any open_clip architecture name (`RN50-quickgelu`, `ViT-B-32`, ...) or one
+  of this project's tiny offline configurations (`agiqa-tiny-rn`, `agiqa-tiny-vit`,
+  in `ipiqa/model_configs/`).
+- `pretrained`: an open_clip tag (`openai`, `laion2b_s34b_b79k`, ...; downloaded
+  the normal way and cached), a local checkpoint file (a state dict, open_clip's
+  format, or OpenAI's JIT archive), or "" / None for random weights.
+
+OpenAI's CLIP weights were trained with QuickGELU; use the `-quickgelu`
+architecture names (the IP-IQA default is `RN50-quickgelu`) so a local copy of
+`RN50.pt` is built with the activation it was trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from agiqa_bench.errors import ConfigError, MethodUnavailable
+
+CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+TINY_MODELS = ("agiqa-tiny-rn", "agiqa-tiny-vit")
+
+
+@functools.cache
+def _register_configs() -> None:
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def is_local(pretrained: str | None) -> bool:
+    return bool(pretrained) and (os.sep in str(pretrained) or Path(str(pretrained)).suffix != "")
+
+
+def weights_available(model: str, pretrained: str | None) -> bool | None:
+    """True/False when it can be told without downloading; None when only a download would tell."""
+    if not pretrained:
+        return True
+    if is_local(pretrained):
+        return Path(pretrained).expanduser().is_file()
+    return None
+
+
+def check_weights(params: dict) -> bool | None:
+    """Availability of a method's CLIP weights from its params (for `agiqa-bench methods`)."""
+    return weights_available(params.get("clip_model", ""), params.get("pretrained", "openai"))
+
+
+def load_clip(model: str, pretrained: str | None, *, image_size: int | None = None):
+    """An open_clip CLIP model (eval mode, fp32, on the CPU)."""
+    import open_clip
+
+    _register_configs()
+    if model not in open_clip.list_models():
+        raise ConfigError(f"unknown CLIP architecture {model!r}; see open_clip.list_models() or use one of {TINY_MODELS}")
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    if not pretrained:
+        import logging
+
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # "initialized randomly" is intended
+        return open_clip.create_model(model, pretrained=None, **kwargs).eval()
+    if is_local(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise MethodUnavailable(f"CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r}.")
+        try:
+            return open_clip.create_model(model, pretrained=str(path), **kwargs).eval()
+        except RuntimeError as exc:
+            raise MethodUnavailable(f"CLIP weights {path} do not fit architecture {model!r}: {str(exc)[:400]}") from None
+    if pretrained not in open_clip.list_pretrained_tags_by_model(model):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
+        raise ConfigError(f"open_clip has no weights {pretrained!r} for {model!r}; its tags: {tags}; or give a file path")
+    try:
+        return open_clip.create_model(model, pretrained=pretrained, **kwargs).eval()
+    except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
+        raise MethodUnavailable(
+            f"could not load CLIP weights {model}/{pretrained} ({type(exc).__name__}: {str(exc)[:200]}). "
+            "With internet access open_clip downloads and caches them on first use. Offline, download the "
+            "checkpoint elsewhere (e.g. OpenAI's RN50.pt for RN50-quickgelu/openai) and pass its path instead of "
+            "the tag, e.g. --set ipiqa.pretrained=/path/to/RN50.pt"
+        ) from None
+
+
+def tokenizer_for(model: str):
+    import open_clip
+
+    _register_configs()
+    return open_clip.get_tokenizer(model)
