@@ -104,28 +104,32 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
 ):
     """Benchmark methods on identical grouped splits and store every result."""
-    from agiqa_bench.runner import execute, parse_overrides, plan_run
+    from agiqa_bench.runner import parse_overrides
 
-    plan = plan_run(
-        _split_list(methods) or None,
-        dataset,
-        data_root=data_root,
-        dataset_options=_dataset_options(dataset_opt, images, drop_missing),
-        targets=_split_list(target) or None,
-        repeats=repeats,
-        split_protocol=split_protocol,
-        seed=seed,
-        val_fraction=val_fraction,
-        overrides=parse_overrides(set_ or []),
+    _plan_and_execute(
+        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing),
+        _split_list(target) or None, repeats, split_protocol, seed, val_fraction, out,
+        parse_overrides(set_ or []), device, force, keep_checkpoints,
     )
+
+
+def _plan_and_execute(methods, dataset, data_root, dataset_options, targets, repeats, split_protocol, seed,
+                      val_fraction, out, overrides, device, force, keep_checkpoints):
+    """Shared body of `run` and `ablate`: plan, run with progress bars, summarise, exit 1 on failures."""
+    from agiqa_bench.runner import execute, plan_run
+
+    plan = plan_run(methods, dataset, data_root=data_root, dataset_options=dataset_options, targets=targets,
+                    repeats=repeats, split_protocol=split_protocol, seed=seed, val_fraction=val_fraction,
+                    overrides=overrides)
     console.print(
         f"[bold]{plan.dataset.name}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
         f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
         f"(hash {plan.splits.hash}); methods: {', '.join(m[0] for m in plan.methods)}"
     )
-    summary = _execute_with_progress(plan, execute, out, device, force)
+    summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints)
     _print_summary(out, plan)
     if summary.failed:
         err_console.print(f"[bold red]{len(summary.failed)} (method, target, repeat) key(s) failed[/]; "
@@ -133,9 +137,45 @@ def run(
         for method, tgt, rep, msg in summary.failed[:5]:
             err_console.print(f"  {method} / {tgt} / repeat {rep}: {msg}", highlight=False)
         raise typer.Exit(1)
+    return summary
 
 
-def _execute_with_progress(plan, execute, out, device, force):
+ABLATION = ("ipiqa.image_only", "ipiqa.integral", "ipiqa")
+ABLATION_I2P = ("ipiqa.image_only", "ipiqa.i2p_image_only", "ipiqa.integral", "ipiqa.i2p_integral", "ipiqa.full")
+
+
+@app.command()
+@friendly
+def ablate(
+    dataset: str = typer.Option("synthetic", "--dataset", "-d", help=DATASET_HELP),
+    image2prompt: Optional[Path] = typer.Option(None, "--image2prompt", help="Image2Prompt checkpoint (adds the Image2Prompt rows)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable)."),
+    repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped or ipiqa-reference."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter, e.g. ipiqa.epochs=20 (applies to every variant)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Redo finished keys."),
+):
+    """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
+    from agiqa_bench.runner import parse_overrides
+
+    overrides = parse_overrides(set_ or [])
+    variants = ABLATION
+    if image2prompt is not None:
+        overrides.setdefault("ipiqa", {})["image2prompt"] = str(image2prompt)
+        variants = ABLATION_I2P
+    else:
+        err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
+                          "(make one with `agiqa-bench pretrain image2prompt`).")
+    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, False), None,
+                      repeats, split_protocol, seed, 0.1, out, overrides, device, force, False)
+
+
+def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -149,7 +189,7 @@ def _execute_with_progress(plan, execute, out, device, force):
             elif kind in ("done", "error"):
                 progress.advance(tasks[name])
 
-        summary = execute(plan, out, device=device, force=force, on_event=on_event)
+        summary = execute(plan, out, device=device, force=force, keep_checkpoints=keep_checkpoints, on_event=on_event)
         for task in progress.tasks:
             progress.update(task.id, completed=task.total)
     if summary.skipped:
@@ -192,6 +232,37 @@ def report(
     target.write_text(text + "\n")
     print(text)
     err_console.print(f"written to {target}")
+
+
+@app.command()
+@friendly
+def score(
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files to score (with --prompt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="An IP-IQA checkpoint saved by `run --keep-checkpoints`."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt that generated the images given as arguments."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="CSV with columns image,prompt (paths relative to the CSV)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this CSV."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Score new images with a trained model and print (or write) the predictions."""
+    from agiqa_bench.runner import resolve_device
+    from ipiqa.score import read_pairs_csv, score_pairs
+
+    pairs = [(p, prompt or "") for p in images or []]
+    if csv is not None:
+        pairs += read_pairs_csv(csv)
+    frame = score_pairs(checkpoint, pairs, resolve_device(device))
+    if output is not None:
+        frame.to_csv(output, index=False)
+        err_console.print(f"{len(frame)} prediction(s) written to {output}")
+    table = Table(title=f"predictions of {checkpoint.name}")
+    for col in frame.columns:
+        table.add_column(col, justify="right" if col not in ("image", "prompt") else "left")
+    for row in frame.itertuples(index=False):
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        cells[0] = Path(cells[0]).name  # the full path is in --output
+        table.add_row(*cells)
+    console.print(table)
 
 
 @app.command()

@@ -10,15 +10,23 @@ METRIC_COLUMNS = ("srcc", "plcc", "krcc", "plcc_logistic", "rmse")
 GROUP_COLUMNS = ["dataset", "data_hash", "split_protocol", "split_family", "target", "method", "config_hash"]
 
 
-def method_label(method: str, overrides_json: str) -> str:
-    """'ceiq' or 'ceiq {C=10}' when the user overrode parameters."""
+def _loads(text: str) -> dict:
     try:
-        overrides = json.loads(overrides_json or "{}")
+        return json.loads(text or "{}")
     except json.JSONDecodeError:
-        overrides = {}
-    if not overrides:
-        return method
-    return f"{method} {{{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}}}"
+        return {}
+
+
+def method_label(method: str, overrides_json: str, config_json: str = "{}") -> str:
+    """'ceiq', 'ceiq {C=10}' when the user overrode parameters, '... [test-oracle]' when epochs
+    were selected on the test part (never comparable with honest rows)."""
+    overrides = _loads(overrides_json)
+    label = method
+    if overrides:
+        label += f" {{{', '.join(f'{k}={v}' for k, v in sorted(overrides.items()))}}}"
+    if _loads(config_json).get("selection") == "test-oracle":
+        label += " [test-oracle]"
+    return label
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -31,11 +39,12 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "n"])
-    ok["label"] = [method_label(m, o) for m, o in zip(ok["method"], ok["overrides_json"])]
+    ok["label"] = [method_label(m, o, c) for m, o, c in zip(ok["method"], ok["overrides_json"], ok["config_json"])]
     rows = []
     for key, part in ok.groupby(GROUP_COLUMNS, sort=False):
         row = dict(zip(GROUP_COLUMNS, key))
         row["label"] = part["label"].iloc[0]
+        row["config_json"] = part["config_json"].iloc[0]
         row["n"] = int(part["repeat"].nunique())
         row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))
         row["split_hashes"] = ",".join(part.sort_values("repeat")["split_hash"])
