@@ -5,6 +5,9 @@
     agiqa-bench methods | datasets                              what is available
     agiqa-bench splits export --dataset D --protocol P --output F
     agiqa-bench synth --out DIR                                 write a SynthAGIQA set
+    agiqa-bench ablate --dataset D [--image2prompt CKPT]        IP-IQA's Table 3 variants
+    agiqa-bench score --checkpoint CKPT IMAGE... --prompt TEXT  score new images with a trained model
+    agiqa-bench pretrain image2prompt --diffusiondb DIR --out CKPT
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from agiqa_bench.errors import AgiqaBenchError, ConfigError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
 splits_app = typer.Typer(no_args_is_help=True, help="Inspect and export train/validation/test splits.")
 app.add_typer(splits_app, name="splits")
+from agiqa_bench.cli_pretrain import pretrain_app  # noqa: E402
+
+app.add_typer(pretrain_app, name="pretrain")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -269,7 +275,7 @@ def score(
 @friendly
 def methods(pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'.")):
     """List registered methods: kind, inputs, targets, weights needed and whether they are here."""
-    from agiqa_bench.registry import all_specs, list_methods, weights_status
+    from agiqa_bench.registry import all_specs, list_methods, method_params, weights_status
 
     names = set(list_methods(pattern))
     table = Table(title="methods")
@@ -279,8 +285,10 @@ def methods(pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g
         if spec.name not in names and not any(f"{spec.name}.{v}" in names for v in spec.variants):
             continue
         weights = []
-        for w, ok in weights_status(spec):
+        for w, ok in weights_status(spec, method_params(spec.name)):
             mark = {True: "[green]available[/]", False: "[red]missing[/]", None: "unknown"}[ok]
+            if spec.dataset_defaults.get("synthetic", {}).get(w.param) == "":
+                mark += " (synthetic: built-in)"
             weights.append(f"{w.name} ({w.param}): {mark}")
         notes = []
         if spec.aliases:
@@ -291,7 +299,7 @@ def methods(pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g
             notes.append("not in the default run")
         table.add_row(
             spec.name, spec.kind, "+".join(spec.inputs), ", ".join(spec.targets or ("any",)),
-            ", ".join(f"{spec.name}.{v}" for v in spec.variants) or "—",
+            "\n".join(f"{spec.name}.{v}" for v in spec.variants) or "—",
             "\n".join(weights) or "none", "; ".join(notes),
         )
     console.print(table)

@@ -37,12 +37,27 @@ def is_local(pretrained: str | None) -> bool:
 
 
 def weights_available(model: str, pretrained: str | None) -> bool | None:
-    """True/False when it can be told without downloading; None when only a download would tell."""
+    """Whether the weights are here: a local file exists, or a hub tag is already in the cache.
+
+    False for a tag means "not cached yet": with internet open_clip downloads it on first use.
+    """
     if not pretrained:
         return True
     if is_local(pretrained):
         return Path(pretrained).expanduser().is_file()
-    return None
+    try:
+        import open_clip
+        from huggingface_hub import try_to_load_from_cache
+
+        _register_configs()
+        cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+        repo = cfg.get("hf_hub", "").rstrip("/")
+        if not repo:
+            return None
+        names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.safetensors")
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    except Exception:
+        return None
 
 
 def check_weights(params: dict) -> bool | None:

@@ -40,6 +40,7 @@ from agiqa_bench.errors import ConfigError, MethodUnavailable
 from ipiqa.backbone import load_clip, tokenizer_for
 
 TEXT_MODES = ("paper", "reference")
+IMAGE2PROMPT_FORMAT = "agiqa-bench/image2prompt@1"
 
 
 @dataclass
@@ -240,11 +241,17 @@ def load_image2prompt(clip: nn.Module, path: str, model_name: str) -> None:
             "--diffusiondb DIR --out CKPT` and pass it with --image2prompt CKPT (ablate) or --set ipiqa.image2prompt=CKPT."
         )
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "visual" not in ckpt:
-        raise MethodUnavailable(f"{file} is not an Image2Prompt checkpoint (no 'visual' state dict)")
+    if not isinstance(ckpt, dict) or "visual" not in ckpt or ckpt.get("format", IMAGE2PROMPT_FORMAT) != IMAGE2PROMPT_FORMAT:
+        raise MethodUnavailable(f"{file} is not an Image2Prompt checkpoint ({IMAGE2PROMPT_FORMAT} with a 'visual' state dict)")
     if ckpt.get("clip_model") not in (None, model_name):
         raise ConfigError(f"{file} was trained for CLIP {ckpt.get('clip_model')!r}, not {model_name!r}")
-    clip.visual.load_state_dict(ckpt["visual"])
+    state = dict(ckpt["visual"])
+    own = clip.visual.state_dict()
+    for key in ("positional_embedding",):  # ViT built at another size: resize like open_clip does
+        if key in state and key in own and state[key].shape != own[key].shape:
+            grid = int(round((own[key].shape[0] - 1) ** 0.5))
+            state[key] = resize_attnpool_pos_embed(state[key], grid)
+    clip.visual.load_state_dict(state)
 
 
 class IPIQA(nn.Module):

@@ -166,3 +166,16 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
 
     again = predict_batches(model, ImageBank.get(test, 64), oracle._extras(test), "cpu", 64, False)
     np.testing.assert_allclose(again, oracle.predict(test), rtol=1e-5, atol=1e-6)
+
+
+def test_image2prompt_checkpoint_loads_into_a_vit_built_at_another_size(tmp_path):
+    from ipiqa.backbone import load_clip
+
+    torch.manual_seed(4)
+    native = load_clip("agiqa-tiny-vit", "")  # 64 px: 4x4 patches + class token
+    path = tmp_path / "i2p.pt"
+    torch.save({"format": "agiqa-bench/image2prompt@1", "clip_model": "agiqa-tiny-vit", "visual": native.visual.state_dict()}, path)
+    model = tiny(clip_model="agiqa-tiny-vit", image_size=96, image2prompt=str(path))
+    assert model.image.visual.positional_embedding.shape[0] == 6 * 6 + 1
+    assert torch.equal(model.image.visual.conv1.weight, native.visual.conv1.weight)
+    assert model(torch.randn(1, 3, 96, 96), model.tokenize(PROMPTS[:1])).shape == (1, 2)
