@@ -12,41 +12,23 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from agiqa_bench import __version__
-from agiqa_bench.errors import AgiqaBenchError, ConfigError
+from agiqa_bench.console import console, err_console, friendly, show_warning
+from agiqa_bench.cli_pretrain import pretrain_app
+from agiqa_bench.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
 splits_app = typer.Typer(no_args_is_help=True, help="Inspect and export train/validation/test splits.")
 app.add_typer(splits_app, name="splits")
-from agiqa_bench.cli_pretrain import pretrain_app  # noqa: E402
-
 app.add_typer(pretrain_app, name="pretrain")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def friendly(fn):
-    """Print expected errors as one clear message (exit 2) instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except AgiqaBenchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _split_list(values: Optional[List[str]]) -> list[str]:
@@ -81,12 +63,7 @@ def main_callback(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ):
     """Benchmark harness for AI-generated image quality assessment."""
-    warnings.showwarning = _show_warning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    """Warnings as one readable line on stderr (dataset quirks, dropped items, ...)."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    warnings.showwarning = show_warning
 
 
 DATASET_HELP = "Dataset: synthetic (built-in), agiqa1k, agiqa3k or csv."

@@ -2,47 +2,20 @@
 
     agiqa-bench pretrain image2prompt --diffusiondb DIR --out CKPT [options]
 
-Mounted by `agiqa_bench.cli` (`app.add_typer(pretrain_app, name="pretrain")`).  This
-module does not import `agiqa_bench.cli` (which imports it), so it has its own
-small wrapper that prints expected errors as one line.
+Mounted by `agiqa_bench.cli` (`app.add_typer(pretrain_app, name="pretrain")`).
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from agiqa_bench.errors import AgiqaBenchError
+from agiqa_bench.console import console, err_console, friendly
 
 pretrain_app = typer.Typer(no_args_is_help=True, help="Pretraining steps: Image2Prompt (and later a synthetic CLIP).")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def user_errors(fn):
-    """Expected errors as one clear message (exit 2), warnings as one line each; no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.showwarning = show_warning
-            try:
-                return fn(*args, **kwargs)
-            except AgiqaBenchError as exc:
-                err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def show_warning(message, category, filename, lineno, file=None, line=None):
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @pretrain_app.callback()
@@ -51,7 +24,7 @@ def pretrain_callback():
 
 
 @pretrain_app.command("image2prompt")
-@user_errors
+@friendly
 def image2prompt(
     diffusiondb: Path = typer.Option(..., "--diffusiondb", help="DiffusionDB folder: part-XXXXXX/ folders and/or part-XXXXXX.zip files."),
     out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (for --set ipiqa.image2prompt=CKPT)."),

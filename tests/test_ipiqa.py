@@ -179,3 +179,18 @@ def test_image2prompt_checkpoint_loads_into_a_vit_built_at_another_size(tmp_path
     assert model.image.visual.positional_embedding.shape[0] == 6 * 6 + 1
     assert torch.equal(model.image.visual.conv1.weight, native.visual.conv1.weight)
     assert model(torch.randn(1, 3, 96, 96), model.tokenize(PROMPTS[:1])).shape == (1, 2)
+
+
+def test_streams_match_clip_itself_at_initialisation(tmp_path):
+    """Parity with open_clip: the visual pooling is CLIP's image embedding and the prompt feature
+    (with [QA] at its initial value) is CLIP's text embedding."""
+    from ipiqa.backbone import load_clip
+
+    torch.manual_seed(6)
+    clip = load_clip("agiqa-tiny-rn", "")
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    model = tiny(num_outputs=1, pretrained=str(tmp_path / "clip.pt")).eval()
+    images, tokens = torch.randn(2, 3, 64, 64), model.tokenize(PROMPTS)
+    with torch.no_grad():
+        assert torch.allclose(model.image(images)[0], clip.encode_image(images), atol=1e-5)
+        assert torch.allclose(model.prompt(tokens), clip.encode_text(tokens), atol=1e-5)
