@@ -320,15 +320,24 @@ def splits_export(
     console.print(f"{len(splits)} {protocol} splits of {ds.name} (hash {splits.hash}); test sizes {sizes}; written to {output}")
 
 
-@app.command()
+synth_app = typer.Typer(help="Synthetic data: a SynthAGIQA benchmark set, or a caption corpus for pretraining.")
+app.add_typer(synth_app, name="synth")
+
+
+@synth_app.callback(invoke_without_command=True)
 @friendly
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write data.csv and images/ into."),
+    ctx: typer.Context,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write data.csv and images/ into."),
     n_prompts: int = typer.Option(None, "--n-prompts", help="Number of prompts (groups)."),
     seed: int = typer.Option(None, "--seed", help="Generation seed."),
     image_size: int = typer.Option(None, "--image-size", help="Image side in pixels."),
 ):
     """Write a SynthAGIQA set (AGIQA-3k layout) for `run --dataset synthetic --data-root OUT`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise ConfigError("give --out DIR (or use `agiqa-bench synth corpus --out DIR` for a caption corpus)")
     from agiqa_bench.datasets import synthetic
 
     config = synthetic.default_config()
@@ -336,6 +345,21 @@ def synth(
     config = synthetic.SynthConfig(**{**config.__dict__, **changes})
     path = synthetic.write_synthetic(out, config)
     console.print(f"SynthAGIQA written to {path} ({config.n_prompts} prompts x {len(config.generators)} generators)")
+
+
+@synth_app.command("corpus")
+@friendly
+def synth_corpus(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the corpus into (DiffusionDB layout)."),
+    size: int = typer.Option(20000, "--size", help="Number of image-caption pairs."),
+    seed: int = typer.Option(1, "--seed", help="Generation seed (independent of the benchmark set's)."),
+    zip_parts: bool = typer.Option(False, "--zip", help="Write each part as part-XXXXXX.zip instead of a folder."),
+):
+    """A caption corpus from SynthAGIQA's grammar, in DiffusionDB's layout, for `pretrain clip` / `pretrain image2prompt`."""
+    from agiqa_bench.datasets.synth_corpus import write_corpus
+
+    path = write_corpus(out, size=size, seed=seed, zip_parts=zip_parts)
+    console.print(f"caption corpus of {size} pairs written to {path}")
 
 
 def main() -> None:

@@ -6,7 +6,9 @@
   in `ipiqa/model_configs/`).
 - `pretrained`: an open_clip tag (`openai`, `laion2b_s34b_b79k`, ...; downloaded
   the normal way and cached), a local checkpoint file (a state dict, open_clip's
-  format, or OpenAI's JIT archive), or "" / None for random weights.
+  format, or OpenAI's JIT archive), `agiqa-synth` for the small CLIP pretrained
+  on SynthAGIQA's caption corpus that ships with the package, or "" / None for
+  random weights.
 
 OpenAI's CLIP weights were trained with QuickGELU; use the `-quickgelu`
 architecture names (the IP-IQA default is `RN50-quickgelu`) so a local copy of
@@ -22,7 +24,23 @@ from pathlib import Path
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TINY_MODELS = ("agiqa-tiny-rn", "agiqa-tiny-vit")
+#: Tag of the CLIP pretrained on SynthAGIQA's caption corpus, shipped in ipiqa/weights/ (see its README).
+SYNTH_TAG = "agiqa-synth"
+
+
+def builtin_weights(model: str, pretrained: str | None) -> str | None:
+    """Resolve the built-in `agiqa-synth` tag to the shipped checkpoint file (None for other tags)."""
+    if pretrained != SYNTH_TAG:
+        return pretrained
+    path = WEIGHTS_DIR / f"{model}-synth.pt"
+    if not path.is_file():
+        raise MethodUnavailable(
+            f"no built-in synthetic CLIP for {model!r} in this installation ({path} is missing). "
+            "Rebuild it with the commands in ipiqa/weights/README.md, or pick another --set ...pretrained=."
+        )
+    return str(path)
 
 
 @functools.cache
@@ -43,6 +61,8 @@ def weights_available(model: str, pretrained: str | None) -> bool | None:
     """
     if not pretrained:
         return True
+    if pretrained == SYNTH_TAG:
+        return (WEIGHTS_DIR / f"{model}-synth.pt").is_file()
     if is_local(pretrained):
         return Path(pretrained).expanduser().is_file()
     try:
@@ -73,6 +93,7 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     if model not in open_clip.list_models():
         raise ConfigError(f"unknown CLIP architecture {model!r}; see open_clip.list_models() or use one of {TINY_MODELS}")
     kwargs = {"force_image_size": image_size} if image_size else {}
+    pretrained = builtin_weights(model, pretrained)
     if not pretrained:
         import logging
 
