@@ -24,9 +24,13 @@ from agiqa_bench.method import Method, MethodContext, MethodSpec, Weights
 
 ENTRY_POINT_GROUP = "agiqa_bench.methods"
 
-#: IP-IQA on the built-in synthetic set: the tiny offline CLIP, sized for a CPU run of minutes.
-IPIQA_SYNTHETIC = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64, "epochs": 12,
-                   "batch_size": 16, "lr": 3e-4, "head_lr_scale": 3.0, "dropout": 0.1}
+#: IP-IQA on the built-in synthetic set: the small CLIP pretrained on SynthAGIQA's caption corpus
+#: (shipped, tag `agiqa-synth`), at the set's native 96 px (a 3x3 token grid), sized for a CPU run
+#: of minutes.  The backbone keeps a low learning rate while the modules IP-IQA adds (prompt
+#: attention pooling, [QA]) and the head learn 30x faster.  Chosen on a SynthAGIQA set of another
+#: seed (7), never on the default set the leaderboard reports.
+IPIQA_SYNTHETIC = {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "image_size": 96, "epochs": 15,
+                   "batch_size": 16, "lr": 3e-5, "head_lr_scale": 30.0, "fusion_lr_scale": 30.0, "dropout": 0.1}
 #: The fastest configuration that still exercises every part (contract tests).
 IPIQA_SMOKE = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64, "epochs": 1, "batch_size": 8,
                "selection": "last"}

@@ -44,6 +44,7 @@ class IPIQAMethod(Method):
         "batch_size": 32,
         "lr": 1e-5,
         "head_lr_scale": 10.0,
+        "fusion_lr_scale": 1.0,  # prompt attention pooling and [QA] embedding (1 = reference)
         "weight_decay": 0.0,
         "hflip": True,
         "selection": "val",
@@ -121,7 +122,7 @@ class IPIQAMethod(Method):
             raise ConfigError(f"{self.spec.name} needs a prompt for every item; some training items have none")
         self.model = self.build(len(self.targets))
         cfg = self.train_config()
-        groups = self.model.param_groups(cfg.lr, cfg.head_lr_scale, cfg.weight_decay)
+        groups = self.model.param_groups(cfg.lr, cfg.head_lr_scale, cfg.weight_decay, float(self.config["fusion_lr_scale"]))
         result = fit_regressor(self.model, groups, train, val, self.targets, cfg, device=self.context.device,
                                seed=self.context.seed, extras=self._extras, oracle=self._oracle)
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,

@@ -290,10 +290,19 @@ class IPIQA(nn.Module):
         g_t = self.fusion(spatial, t)
         return self.head(torch.cat([g_v, g_t], dim=-1))
 
-    def param_groups(self, lr: float, head_lr_scale: float, weight_decay: float = 0.0) -> list[dict]:
-        """Optimizer groups: the head at lr * head_lr_scale, everything else trainable at lr."""
+    def param_groups(self, lr: float, head_lr_scale: float, weight_decay: float = 0.0,
+                     fusion_lr_scale: float = 1.0) -> list[dict]:
+        """Optimizer groups: the head at lr * head_lr_scale; the modules IP-IQA adds to CLIP (the
+        prompt attention pooling and the [QA] embedding) at lr * fusion_lr_scale (1 in the reference
+        code); everything else trainable (the CLIP image encoder) at lr."""
         head = [p for p in self.head.parameters() if p.requires_grad]
-        head_ids = {id(p) for p in head}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
-        return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
-                {"params": head, "lr": lr * head_lr_scale, "weight_decay": weight_decay}]
+        new = [p for p in self.fusion.parameters()] if self.fusion is not None else []
+        if self.prompt is not None and self.prompt.qa_embedding is not None:
+            new.append(self.prompt.qa_embedding)
+        taken = {id(p) for p in head + new}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay},
+                  {"params": head, "lr": lr * head_lr_scale, "weight_decay": weight_decay}]
+        if new:
+            groups.append({"params": new, "lr": lr * fusion_lr_scale, "weight_decay": weight_decay})
+        return groups
