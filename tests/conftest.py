@@ -26,3 +26,14 @@ def tiny_agiqa3k(tmp_path: Path) -> Path:
 def tiny_agiqa3k_shared(tmp_path_factory) -> Path:
     """The same folder, made once per session: read it, never modify it."""
     return make_tiny_agiqa3k(tmp_path_factory.mktemp("shared") / "tiny3k")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest, and steadiest on a busy machine, on one torch thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

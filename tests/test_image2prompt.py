@@ -29,13 +29,7 @@ PARTS, PER_PART = 3, 6
 TINY = dict(clip_model="agiqa-tiny-rn", pretrained="", device="cpu", workers=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- tiny corpora ------------------------------------------------------------------------------

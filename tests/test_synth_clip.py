@@ -32,12 +32,7 @@ from ipiqa.image2prompt import SkipCounts, iter_diffusiondb
 MODEL = "agiqa-tiny-rn"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pairs(root: Path) -> list[tuple[str, str, np.ndarray, dict]]:

@@ -18,6 +18,19 @@ from agiqa_bench.records import Dataset, Item
 DATA_ENV = "AGIQA_BENCH_DATA"
 
 
+def swap_in_folder(tmp: Path, out: Path) -> None:
+    """Move a fully written folder `tmp` to `out`, replacing any older `out` only at the last moment."""
+    import shutil
+
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 class DataWarning(UserWarning):
     """Something in the labels was handled in a way the user should know about."""
 

@@ -60,6 +60,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from agiqa_bench.datasets._common import swap_in_folder
 from agiqa_bench.datasets.synthetic import (
     BACKGROUND_COLOURS,
     QUALITY_DEFECTS,
@@ -247,13 +248,7 @@ def write_corpus(
             "defects": defects,
         }
         (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        swap_in_folder(tmp, out)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

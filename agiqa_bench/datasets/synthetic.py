@@ -117,7 +117,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -129,6 +128,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+
+from agiqa_bench.datasets._common import swap_in_folder
 
 #: Bump when the output for a given config changes (it is part of the cache key).
 FORMAT_VERSION = 1
@@ -755,13 +756,7 @@ def write_synthetic(out_dir: str | Path, config: SynthConfig | None = None) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         _write_contents(tmp, config)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        swap_in_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
