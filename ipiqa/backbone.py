@@ -114,11 +114,20 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
         return open_clip.create_model(model, pretrained=pretrained, **kwargs).eval()
     except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
         raise MethodUnavailable(
-            f"could not load CLIP weights {model}/{pretrained} ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"could not load CLIP weights {model}/{pretrained} ({type(exc).__name__}: {_first_sentence(exc)}). "
             "With internet access open_clip downloads and caches them on first use. Offline, download the "
             "checkpoint elsewhere (e.g. OpenAI's RN50.pt for RN50-quickgelu/openai) and pass its path instead of "
             "the tag, e.g. --set ipiqa.pretrained=/path/to/RN50.pt"
         ) from None
+
+
+def _first_sentence(exc: Exception, limit: int = 240) -> str:
+    """The start of an exception message, cut at a sentence or line end rather than mid-word."""
+    text = " ".join(str(exc).split())
+    for stop in (". ", "\n"):
+        if stop in text[:limit]:
+            return text[: text.index(stop)]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def tokenizer_for(model: str):

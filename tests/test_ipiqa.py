@@ -194,3 +194,12 @@ def test_streams_match_clip_itself_at_initialisation(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model.image(images)[0], clip.encode_image(images), atol=1e-5)
         assert torch.allclose(model.prompt(tokens), clip.encode_text(tokens), atol=1e-5)
+
+
+def test_download_errors_are_cut_at_a_sentence_not_mid_word():
+    from ipiqa.backbone import _first_sentence
+
+    long = RuntimeError("Failed to download file x.bin for repo. Last error: " + "very long detail " * 40)
+    assert _first_sentence(long) == "Failed to download file x.bin for repo"
+    words = RuntimeError("word " * 100)
+    assert _first_sentence(words).endswith("word ...") and len(_first_sentence(words)) <= 244
