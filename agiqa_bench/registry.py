@@ -17,7 +17,7 @@ import fnmatch
 import importlib
 import warnings
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.method import Method, MethodContext, MethodSpec, Weights
@@ -207,7 +207,3 @@ def weights_status(spec: MethodSpec, params: dict[str, Any] | None = None) -> li
                 ok = None
         out.append((w, ok))
     return out
-
-
-def iter_specs(names: Iterable[str]) -> list[tuple[str, MethodSpec]]:
-    return [(canonical_name(n), get_spec(n)[0]) for n in names]

@@ -127,8 +127,7 @@ def plan_run(
     if not names:
         raise ConfigError("no method to run")
     overrides = overrides or {}
-    known = {n for n in overrides}
-    for key in known:
+    for key in overrides:
         get_spec(key)  # unknown method in --set is an error
     if targets:
         unknown = [t for t in targets if t not in ds.targets]

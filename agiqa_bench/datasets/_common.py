@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import os
 import warnings
 from pathlib import Path
@@ -162,7 +163,7 @@ def dedupe(items: list[Item], label_file: Path, policy: str) -> tuple[list[Item]
             kept = rows[-1]
         else:
             mean = {t: sum(r.targets[t] for r in rows) / len(rows) for t in rows[0].targets}
-            kept = Item(**{**rows[0].__dict__, "targets": mean})
+            kept = replace(rows[0], targets=mean)
         values = "; ".join(", ".join(f"{t}={v:.4f}" for t, v in r.targets.items()) for r in rows)
         msg = f"{label_file.name}: {item.id} is listed {len(rows)} times ({values}); kept '{policy}'"
         warnings.warn(msg, DataWarning, stacklevel=3)
@@ -182,6 +183,8 @@ def finish(
     check_images: bool,
     drop_missing: bool,
 ) -> Dataset:
+    """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset."""
+    items = [replace(item, image=image_dir / item.image) for item in items]
     label_groups = list(dict.fromkeys(item.group for item in items))
     items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing)
     return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,

@@ -99,7 +99,6 @@ def load(
     rows = read_rows(label_file)
     items, notes = c.dedupe(rows, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["file", "images", ""], items[0].id, images)
-    items = [Item(**{**it.__dict__, "image": image_dir / it.id}) for it in items]
     for absent in ABSENT_FROM_LABELS:
         if (image_dir / absent).exists():
             notes.append(f"{absent} is on disk but has no MOS in {LABEL_FILE}; it is not benchmarked")

@@ -88,6 +88,5 @@ def load(
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(rows, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id, images)
-    items = [Item(**{**it.__dict__, "image": image_dir / it.id}) for it in items]
     return c.finish(name, items, targets, label_file, image_dir, notes,
                     check_images=check_images, drop_missing=drop_missing)

@@ -94,6 +94,5 @@ def load(
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(items, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", ""], items[0].id, images)
-    items = [Item(**{**it.__dict__, "image": image_dir / it.id}) for it in items]
     return c.finish("csv", items, tuple(columns), label_file, image_dir, notes,
                     check_images=check_images, drop_missing=drop_missing)
