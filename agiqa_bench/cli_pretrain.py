@@ -2,6 +2,7 @@
 
     agiqa-bench pretrain image2prompt --diffusiondb DIR --out CKPT [options]
     agiqa-bench pretrain clip --corpus DIR --out CKPT [options]
+    agiqa-bench pretrain niqe (--images DIR | --synthetic N) --out FILE.mat [options]
 
 Mounted by `agiqa_bench.cli` (`app.add_typer(pretrain_app, name="pretrain")`).
 """
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from agiqa_bench.console import console, err_console, friendly
 
-pretrain_app = typer.Typer(no_args_is_help=True, help="Pretraining steps: Image2Prompt, a small CLIP on a synthetic caption corpus.")
+pretrain_app = typer.Typer(no_args_is_help=True, help="Pretraining steps: Image2Prompt, a small CLIP on a synthetic caption corpus, NIQE pristine parameters.")
 
 
 @pretrain_app.callback()
@@ -137,3 +138,41 @@ def clip_summary_table(result: dict) -> Table:
     for key, value in rows:
         table.add_row(key, value)
     return table
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@pretrain_app.command("niqe")
+@friendly
+def niqe(
+    out: Path = typer.Option(..., "--out", "-o", help="Parameter file to write (.mat, for --set niqe.params=FILE)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of clean (pristine) images, searched recursively."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", help="Instead: render N clean images of SynthAGIQA's world."),
+    image_size: int = typer.Option(96, "--image-size", help="Side of the rendered images (with --synthetic)."),
+    seed: int = typer.Option(11, "--seed", help="Seed of the rendered images (with --synthetic)."),
+    block_size: int = typer.Option(96, "--block-size", help="Block side in pixels (96 = the official NIQE)."),
+    sharpness: float = typer.Option(0.75, "--sharpness", help="Keep blocks sharper than this fraction of the image's sharpest."),
+):
+    """Fit NIQE's pristine multivariate Gaussian on clean images (as the MATLAB estimatemodelparam.m)."""
+    from agiqa_bench.errors import ConfigError
+    from baselines.niqe import fit_pristine, save_pristine
+
+    if (images is None) == (synthetic is None):
+        raise ConfigError("give exactly one of --images DIR or --synthetic N")
+    if images is not None:
+        from agiqa_bench.images import load_rgb
+
+        files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images}")
+        source, stream = f"{len(files)} images under {images}", (load_rgb(p) for p in files)
+    else:
+        from agiqa_bench.datasets.synth_corpus import image_seed, render_entry
+
+        source = f"{synthetic} clean SynthAGIQA-world renders, {image_size} px, seed {seed}"
+        stream = (render_entry(image_seed(seed, k), image_size, defect_fraction=0.0, empty_fraction=0.0)[3]
+                  for k in range(synthetic))
+    mu, cov, kept = fit_pristine(stream, block_size, sharpness)
+    save_pristine(out, mu, cov, block_size, source=source, sharpness=sharpness, blocks=kept)
+    console.print(f"wrote {out}: pristine MVG from {kept} blocks of {block_size}x{block_size} ({source})")

@@ -63,8 +63,14 @@ class MethodSpec:
     weights: tuple[Weights, ...] = ()
     aliases: tuple[str, ...] = ()
     reference: str = ""  # paper / official code
+    #: Where the paper-layout tables put the method: "handcrafted" (training-free
+    #: perceptual), "svr" (handcrafted features + SVR), "deep", "alignment"
+    #: (zero-shot image-text), "ours" (IP-IQA); "" = other.
+    family: str = ""
     approximation: str = ""  # non-empty: why the method is not faithful
     default_run: bool = True  # part of `agiqa-bench run` when no --methods is given
+    #: Variants the default run uses instead of the bare name (e.g. HIGRADE's two models).
+    default_variants: tuple[str, ...] = ()
     smoke: dict = field(default_factory=dict)  # overrides for a fast smoke run (contract tests)
     #: Per-dataset parameter defaults, applied before variant and user overrides
     #: (e.g. the tiny offline backbone on `synthetic`); recorded with every result.

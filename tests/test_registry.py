@@ -11,7 +11,7 @@ import pytest
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.method import MethodContext
-from agiqa_bench.registry import all_specs, canonical_name, create_method, get_spec, list_methods
+from agiqa_bench.registry import all_specs, canonical_name, create_method, default_methods, get_spec, list_methods
 from agiqa_bench.splits import make_splits
 
 
@@ -30,6 +30,11 @@ def test_names_variants_and_aliases():
     spec, variant = get_spec("ceiq.grid")
     assert spec.name == "ceiq" and variant == "grid"
     assert "ceiq.grid" in list_methods() and list_methods("ceiq*") == ["ceiq", "ceiq.grid"]
+    # the longest registered prefix wins: dotted canonical names and dotted variants
+    assert get_spec("sisblim")[0].name == "sisblim.approx" and get_spec("sisblim.approx")[1] is None
+    assert get_spec("higrade.1.grid")[1] == "1.grid" and canonical_name("higrade.2") == "higrade.2"
+    # HIGRADE's two models run by default, not the bare name
+    assert {"higrade.1", "higrade.2"} <= set(default_methods()) and "higrade" not in default_methods()
     with pytest.raises(ConfigError, match="no variant 'nope'"):
         get_spec("ceiq.nope")
     with pytest.raises(ConfigError, match="unknown method"):

@@ -1,0 +1,282 @@
+"""NIQE: the "completely blind" natural image quality evaluator (lower = better).
+
+Reference: A. Mittal, R. Soundararajan, A. C. Bovik, "Making a 'completely
+blind' image quality analyzer", IEEE SPL 2013; MATLAB release
+``niqe_release.zip``.  The score is computed by pyiqa's implementation
+(``pyiqa.archs.niqe_arch.niqe``, a port of the MATLAB code through BasicSR):
+
+1. Y channel of the image on the 0-255 scale (pyiqa: YIQ luma by default,
+   rounded), cropped to a whole number of blocks.
+2. Two scales (the second a MATLAB-style bicubic antialiased 0.5x resize); per
+   scale, MSCN coefficients (7x7 Gaussian window, sigma 7/6, C = 1) and per
+   block (96x96, then 48x48) 18 features: a GGD fit (shape, variance) and, for
+   the four neighbour products, AGGD fits (shape, mean, left and right
+   variance).  36 features per block.
+3. A multivariate Gaussian (mean, covariance) over the image's blocks; the
+   score is ``sqrt((mu1 - mu2)' pinv((S1 + S2) / 2) (mu1 - mu2))`` against the
+   pristine model (mu1, S1).
+
+We call pyiqa's `niqe` function with the pristine parameters directly (the
+same five preparation lines as its `calculate_niqe`), rather than its `NIQE`
+module, so that the block size can be changed; with the default block size
+and parameters the scores equal `pyiqa.create_metric('niqe')`'s (tested with a
+generated parameter file).
+
+Pristine parameters (``params``):
+
+- ``official`` (default): ``niqe_modelparameters.mat`` from the MATLAB
+  release (fitted on 125 pristine photographs), downloaded by pyiqa on first
+  use from its weights hub (cached in ``~/.cache/torch/hub``).
+- a local ``.mat`` with ``mu_prisparam`` (1x36) and ``cov_prisparam``
+  (36x36), as the MATLAB release and pyiqa store them, or a ``.npz`` with
+  ``mu_pris_param`` / ``cov_pris_param`` as BasicSR ships them
+  (``basicsr/metrics/niqe_pris_params.npz``).
+- ``agiqa-synth``: the project's own pristine model for the built-in
+  synthetic dataset (``baselines/weights/niqe-agiqa-synth.mat``): fitted by
+  `fit_pristine` on clean renders of SynthAGIQA's world with 32x32 blocks
+  (the set's images are 96 px: a 96x96 block would leave one block per image
+  and no covariance).  Command in ``baselines/weights/README.md``.
+
+`fit_pristine` follows the MATLAB ``estimatemodelparam.m``: per image, the
+36 block features and the block sharpness (the sum of the local standard
+deviation over the block at the first scale); only blocks whose sharpness
+exceeds ``sharpness`` (0.75) times the image's sharpest block are kept; the
+model is the mean and covariance of the kept blocks of all images.  The
+parameters only make sense with the block size they were fitted with: the
+file records it (``block_size``) and `NIQE` refuses a mismatch.
+
+Images smaller than one block in either side cannot be scored: `NIQE` raises
+an error naming the image and the ``block_size`` option.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+
+from agiqa_bench.cache import FeatureCache, namespace_for
+from agiqa_bench.errors import ConfigError, DataError, MethodUnavailable
+from agiqa_bench.images import load_rgb
+from agiqa_bench.method import Method
+from agiqa_bench.records import Item
+
+NIQE_VERSION = "1"
+OFFICIAL = "official"
+SYNTH_TAG = "agiqa-synth"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SYNTH_PARAMS = WEIGHTS_DIR / "niqe-agiqa-synth.mat"
+DEFAULT_BLOCK = 96
+OFFICIAL_FILE = "niqe_modelparameters.mat"
+
+
+# -- pristine parameters -------------------------------------------------------------
+def _official_url() -> str:
+    from pyiqa.archs.niqe_arch import default_model_urls
+
+    return default_model_urls["url"]
+
+
+def _official_cached() -> Path | None:
+    """The official file if pyiqa has already downloaded it, else None (no network)."""
+    import torch
+
+    path = Path(torch.hub.get_dir()) / "pyiqa" / OFFICIAL_FILE
+    return path if path.is_file() else None
+
+
+def resolve_params_file(value: str) -> Path:
+    """Path of the pristine parameter file for a ``params`` value (downloads `official` if needed)."""
+    value = str(value).strip()
+    if value == SYNTH_TAG:
+        return SYNTH_PARAMS
+    if value and value != OFFICIAL:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise MethodUnavailable(
+                f"niqe: pristine parameter file {path} does not exist. Pass a .mat with mu_prisparam/cov_prisparam "
+                "(or BasicSR's niqe_pris_params.npz) with --set niqe.params=PATH, or fit one with "
+                "`agiqa-bench pretrain niqe --images DIR --out FILE.mat`."
+            )
+        return path
+    cached = _official_cached()
+    if cached is not None:
+        return cached
+    from pyiqa.utils.download_util import load_file_from_url
+
+    try:
+        return Path(load_file_from_url(_official_url()))
+    except Exception as exc:  # network errors of every kind
+        raise MethodUnavailable(
+            f"niqe: could not download the official pristine parameters ({OFFICIAL_FILE}) from {_official_url()}: "
+            f"{str(exc).split('. ')[0]}. Download it on a machine with internet, then pass it with "
+            "--set niqe.params=PATH (or use BasicSR's niqe_pris_params.npz)."
+        ) from None
+
+
+def load_pristine(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(mu (36,), cov (36, 36), block size or None) from a .mat or .npz parameter file."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                table = {k: data[k] for k in data.files}
+        else:
+            import scipy.io
+
+            table = scipy.io.loadmat(path)
+    except Exception as exc:
+        raise MethodUnavailable(f"niqe: cannot read the pristine parameter file {path}: {exc}") from None
+    mu = table.get("mu_prisparam", table.get("mu_pris_param"))
+    cov = table.get("cov_prisparam", table.get("cov_pris_param"))
+    if mu is None or cov is None:
+        raise MethodUnavailable(
+            f"niqe: {path} has no mu_prisparam/cov_prisparam (or mu_pris_param/cov_pris_param); keys: "
+            f"{', '.join(k for k in table if not k.startswith('__'))}"
+        )
+    mu, cov = np.ravel(np.asarray(mu, dtype=np.float64)), np.asarray(cov, dtype=np.float64)
+    if mu.shape != (36,) or cov.shape != (36, 36):
+        raise MethodUnavailable(f"niqe: {path} holds a mean of shape {mu.shape} and a covariance of shape {cov.shape}; expected (36,) and (36, 36)")
+    block = table.get("block_size")
+    return mu, cov, (int(np.ravel(block)[0]) if block is not None else None)
+
+
+def params_available(params: dict[str, Any]) -> bool:
+    """For `agiqa-bench methods`: is the parameter file there without downloading?"""
+    value = str(params.get("params", OFFICIAL)).strip()
+    if value == SYNTH_TAG:
+        return SYNTH_PARAMS.is_file()
+    if value and value != OFFICIAL:
+        return Path(value).expanduser().is_file()
+    return _official_cached() is not None
+
+
+# -- features ----------------------------------------------------------------------
+def luma_255(rgb: np.ndarray, color_space: str = "yiq"):
+    """(1, 1, H, W) float64 tensor: pyiqa's Y channel on the 0-255 scale, rounded as pyiqa does."""
+    import torch
+    from pyiqa.archs.func_util import diff_round
+    from pyiqa.utils.color_util import to_y_channel
+
+    # float32 in [0, 1], as pyiqa's image loading (ToTensor) hands it to the metric
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(torch.float32) / 255.0
+    return diff_round(to_y_channel(x, 255, color_space)).to(torch.float64)
+
+
+def niqe_score(rgb: np.ndarray, mu: np.ndarray, cov: np.ndarray, block_size: int = DEFAULT_BLOCK,
+               color_space: str = "yiq") -> float:
+    """NIQE of an RGB uint8 image against the pristine (mu, cov), via pyiqa's `niqe`."""
+    import torch
+    from pyiqa.archs.niqe_arch import niqe
+
+    y = luma_255(rgb, color_space)
+    mu_t = torch.from_numpy(mu)[None].to(y)
+    cov_t = torch.from_numpy(cov)[None].to(y)
+    with torch.no_grad():
+        return float(niqe(y, mu_t, cov_t, block_size, block_size).reshape(-1)[0])
+
+
+def block_features(rgb: np.ndarray, block_size: int = DEFAULT_BLOCK, color_space: str = "yiq") -> tuple[np.ndarray, np.ndarray]:
+    """(features (n_blocks, 36), sharpness (n_blocks,)) of an image, as estimatemodelparam.m computes them."""
+    import torch
+    from pyiqa.archs.func_util import normalize_img_with_gauss
+    from pyiqa.archs.niqe_arch import compute_feature
+    from pyiqa.matlab_utils import blockproc, fspecial, imfilter, imresize
+
+    img = luma_255(rgb, color_space)
+    rows, cols = img.shape[-2] // block_size, img.shape[-1] // block_size
+    img = img[..., : rows * block_size, : cols * block_size]
+    scales = []
+    with torch.no_grad():
+        kernel = fspecial(7, 7.0 / 6, 1).to(img)
+        mu = imfilter(img, kernel, padding="replicate")
+        sigma = (imfilter(img**2, kernel, padding="replicate") - mu**2).abs().sqrt()
+        sharpness = sigma[0, 0].reshape(rows, block_size, cols, block_size).sum(dim=(1, 3)).reshape(-1)
+        for scale in (1, 2):
+            normalised = normalize_img_with_gauss(img, padding="replicate")
+            scales.append(blockproc(normalised, [block_size // scale, block_size // scale], fun=compute_feature))
+            if scale == 1:
+                img = imresize(img / 255.0, scale=0.5, antialiasing=True) * 255.0
+    features = torch.cat(scales, -1)[0]
+    return features.numpy().astype(np.float64), sharpness.numpy().astype(np.float64)
+
+
+def fit_pristine(images: Iterable[np.ndarray], block_size: int = DEFAULT_BLOCK, sharpness: float = 0.75,
+                 color_space: str = "yiq") -> tuple[np.ndarray, np.ndarray, int]:
+    """Pristine MVG (mu, cov, number of blocks kept) from clean RGB uint8 images."""
+    kept = []
+    for rgb in images:
+        if min(rgb.shape[:2]) < block_size:
+            continue
+        features, sharp = block_features(rgb, block_size, color_space)
+        keep = sharp > sharpness * sharp.max() if sharp.max() > 0 else np.zeros(len(sharp), dtype=bool)
+        rows = features[keep]
+        kept.append(rows[np.isfinite(rows).all(axis=1)])
+    table = np.concatenate(kept) if kept else np.zeros((0, 36))
+    if len(table) < 2:
+        raise DataError(f"niqe: only {len(table)} usable {block_size}x{block_size} blocks; give more (or larger) clean images")
+    return table.mean(axis=0), np.cov(table, rowvar=False), len(table)
+
+
+def save_pristine(path: str | Path, mu: np.ndarray, cov: np.ndarray, block_size: int, **info: Any) -> Path:
+    """Write a .mat in the MATLAB/pyiqa layout (plus the block size it was fitted with)."""
+    import scipy.io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"mu_prisparam": mu[None, :], "cov_prisparam": cov, "block_size": np.array([[block_size]]),
+                            **{k: str(v) for k, v in info.items()}})
+    return path
+
+
+# -- the method --------------------------------------------------------------------
+class NIQE(Method):
+    """Zero-shot NIQE: one score per image (lower = better; the spec says so)."""
+
+    params: ClassVar[dict[str, Any]] = {
+        "params": OFFICIAL,  # "official" | "agiqa-synth" | path to .mat / .npz
+        "block_size": DEFAULT_BLOCK,
+        "color_space": "yiq",  # pyiqa's default luma; "ycbcr" for BasicSR's
+    }
+
+    def __init__(self, spec, config=None, context=None):
+        super().__init__(spec, config, context)
+        if int(self.config["block_size"]) < 8:
+            raise ConfigError(f"niqe.block_size must be at least 8, not {self.config['block_size']!r}")
+        if str(self.config["color_space"]).lower() not in ("yiq", "ycbcr"):
+            raise ConfigError(f"niqe.color_space must be yiq or ycbcr, not {self.config['color_space']!r}")
+        self._pristine: tuple[np.ndarray, np.ndarray] | None = None
+
+    def pristine(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pristine is None:
+            path = resolve_params_file(self.config["params"])
+            mu, cov, fitted_block = load_pristine(path)
+            block = int(self.config["block_size"])
+            if fitted_block is not None and fitted_block != block:
+                raise ConfigError(
+                    f"niqe: {path} was fitted with {fitted_block}x{fitted_block} blocks but block_size is {block}; "
+                    f"use --set niqe.block_size={fitted_block}"
+                )
+            self._pristine = (mu, cov)
+        return self._pristine
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        if not items:
+            return np.zeros(0, dtype=np.float64)
+        mu, cov = self.pristine()
+        block = int(self.config["block_size"])
+        root = self.context.cache_dir / "features" if self.context.cache_dir else None
+        digest = {"version": NIQE_VERSION, "block": block, "color": self.config["color_space"],
+                  "mu": np.round(mu, 10).tolist(), "cov": float(np.round(cov.sum(), 8))}
+
+        def score(item: Item) -> np.ndarray:
+            rgb = load_rgb(item.image)
+            if min(rgb.shape[:2]) < block:
+                raise DataError(
+                    f"niqe: {item.image} is {rgb.shape[1]}x{rgb.shape[0]} px, smaller than one {block}x{block} block; "
+                    "use larger images or a smaller --set niqe.block_size with parameters fitted at that size"
+                )
+            return np.array([niqe_score(rgb, mu, cov, block, self.config["color_space"])])
+
+        return FeatureCache(root).get(namespace_for("niqe", digest), items, score)[:, 0].astype(np.float64)
