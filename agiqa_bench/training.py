@@ -2,8 +2,9 @@
 
 - `ImageBank`: each image is decoded and resized once per process (kept as a
   uint8 tensor), not once per epoch or per repeat.
-- `fit_regressor`: MSE regression of raw MOS with AdamW (separate learning rate
-  for the head), horizontal-flip augmentation, bf16 autocast on CUDA, and model
+- `fit_regressor`: regression of raw MOS (MSE by default, or L1) with AdamW by
+  default (or Adam / SGD with momentum; the caller's parameter groups set each
+  learning rate), horizontal-flip augmentation, bf16 autocast on CUDA, and model
   selection by one of three protocols:
     * `val` (default): the epoch with the best mean (SRCC + PLCC) on the
       validation groups; the test part is never looked at;
@@ -11,12 +12,24 @@
     * `test-oracle`: the epoch with the best (PLCC + SRCC + KRCC) summed over
       targets *on the test part*, as the IP-IQA reference code and its paper
       did.  Numbers from it are optimistic and labelled `[test-oracle]`.
+- Options the deep baselines need, each off by default (so the defaults train
+  exactly as before):
+    * random crops: `crop_size` > 0 trains on random `crop_size` squares of the
+      `image_size` resize, `crops_per_image` fresh crops of every image per
+      epoch (HyperIQA's 25 patches per image);
+    * test crops: `test_crops` = n > 0 scores the mean over n crops (`grid`:
+      evenly spaced, the centre when n = 1; `random`: seeded random positions,
+      as the official HyperIQA test); 0 scores the whole resized image;
+    * a per-epoch learning-rate schedule (`step` milestones x gamma, `cosine`),
+      or any per-group schedule through `fit_regressor(lr_at=...)`;
+      `reset_optimizer` rebuilds the optimizer (fresh moments) every epoch.
 - Seeded: same seed, same data, same device -> same model on CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,8 +41,14 @@ from agiqa_bench.images import load_rgb
 from agiqa_bench.records import Item
 
 SELECTIONS = ("val", "last", "test-oracle")
+LOSSES = ("mse", "l1")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("constant", "step", "cosine")
+CROP_MODES = ("grid", "random")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ImageBank:
@@ -77,12 +96,93 @@ class TrainConfig:
     selection: str = "val"
     amp: bool = True
     eval_batch_size: int = 64
+    # -- options added for the deep baselines; the defaults keep the behaviour above --
+    loss: str = "mse"  # "mse" | "l1"
+    optimizer: str = "adamw"  # "adamw" | "adam" (L2 weight decay) | "sgd" (with `momentum`)
+    momentum: float = 0.9
+    lr_schedule: str = "constant"  # "constant" | "step" (x lr_gamma at each milestone) | "cosine"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    reset_optimizer: bool = False  # rebuild the optimizer (fresh moments) at every epoch
+    crop_size: int = 0  # 0: train on the whole image_size image
+    crops_per_image: int = 1  # random crops of each training image per epoch
+    test_crops: int = 0  # 0: score the whole image; n: mean over n crops of crop_size
+    test_crop_mode: str = "grid"  # "grid" | "random"
 
     def check(self) -> None:
         if self.selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be at least 1")
+        for name, value, allowed in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                                     ("test_crop_mode", self.test_crop_mode, CROP_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0 <= self.crop_size <= self.image_size:
+            raise ConfigError(f"crop_size must be between 0 (no crop) and image_size ({self.image_size}), "
+                              f"got {self.crop_size}")
+        if self.crops_per_image < 1 or self.test_crops < 0:
+            raise ConfigError("crops_per_image must be at least 1 and test_crops at least 0")
+        if self.test_crops and not self.crop_size:
+            raise ConfigError("test_crops > 0 needs crop_size > 0 (the size of the crops)")
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """The multiplier of every group's learning rate in `epoch` (0-based) under `config.lr_schedule`."""
+    if config.lr_schedule == "step":
+        return float(config.lr_gamma) ** sum(epoch >= m for m in config.lr_milestones)
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return 1.0
+
+
+def make_optimizer(groups: list[dict], config: TrainConfig):
+    import torch
+
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+
+def crop_positions(size: int, crop: int, n: int, mode: str, rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
+    """(top, left) of n square crops of side `crop` in a `size` square.
+
+    `grid`: a ceil(sqrt(n)) x ceil(sqrt(n)) lattice from corner to corner, row by
+    row, first n kept (n = 1: the centre; size = k * crop: k^2 non-overlapping
+    tiles).  `random`: uniform positions drawn from `rng`.
+    """
+    span = size - crop
+    if mode == "random":
+        if rng is None:
+            raise ValueError("random crops need an rng")
+        return [tuple(int(v) for v in rng.integers(0, span + 1, 2)) for _ in range(n)]
+    k = math.ceil(math.sqrt(n))
+    steps = [span // 2] if k == 1 else [round(i * span / (k - 1)) for i in range(k)]
+    return [(t, l) for t in steps for l in steps][:n]
+
+
+def random_crops(batch_u8, crop: int, rng: np.random.Generator):
+    """One random `crop` square per image of a (B, C, S, S) batch (a new position for each image)."""
+    import torch
+
+    size = batch_u8.shape[-1]
+    pos = rng.integers(0, size - crop + 1, (len(batch_u8), 2))
+    return torch.stack([img[:, t:t + crop, l:l + crop] for img, (t, l) in zip(batch_u8, pos)])
+
+
+def multi_crops(batch_u8, crop: int, n: int, mode: str, rng: np.random.Generator | None = None):
+    """(B * n, C, crop, crop): n crops of every image, image-major; random positions differ per image."""
+    import torch
+
+    size = batch_u8.shape[-1]
+    out = []
+    for img in batch_u8:
+        for t, l in crop_positions(size, crop, n, mode, rng):
+            out.append(img[:, t:t + crop, l:l + crop])
+    return torch.stack(out)
 
 
 def normalise(batch_u8, mean=CLIP_MEAN, std=CLIP_STD):
@@ -116,18 +216,31 @@ class FitResult:
     history: list[dict]
 
 
-def predict_batches(model, images_u8, extras, device: str, batch_size: int, amp: bool, mean=CLIP_MEAN, std=CLIP_STD):
+def predict_batches(model, images_u8, extras, device: str, batch_size: int, amp: bool, mean=CLIP_MEAN, std=CLIP_STD,
+                    *, crop_size: int = 0, crops: int = 0, crop_mode: str = "grid", seed: int = 0):
+    """Predictions (N, K) in eval mode; with `crops` > 0, the mean over `crops` crops of `crop_size` per image.
+
+    Random test crops are drawn from `seed`, so the same call gives the same scores.
+    At most `batch_size` crops go through the model at once.
+    """
     import torch
 
     model.eval()
     outs = []
+    n = max(1, crops) if crop_size else 1
+    step = max(1, batch_size // n)
+    rng = np.random.default_rng(seed)
     with torch.no_grad():
-        for start in range(0, len(images_u8), batch_size):
-            x = normalise(images_u8[start:start + batch_size].to(device), mean, std)
-            args = [e[start:start + batch_size].to(device) for e in extras]
+        for start in range(0, len(images_u8), step):
+            x = images_u8[start:start + step]
+            if crop_size and crops:
+                x = multi_crops(x, crop_size, crops, crop_mode, rng)
+            x = normalise(x.to(device), mean, std)
+            args = [e[start:start + step] for e in extras]
+            args = [(a.repeat_interleave(n, 0) if n > 1 else a).to(device) for a in args]
             with _autocast(device, amp):
                 y = model(x, *args)
-            outs.append(y.float().cpu())
+            outs.append(y.float().cpu().reshape(len(x) // n, n, -1).mean(1))
     pred = torch.cat(outs).numpy().astype(np.float64)
     return pred.reshape(len(images_u8), -1)
 
@@ -157,8 +270,13 @@ def fit_regressor(
     mean=CLIP_MEAN,
     std=CLIP_STD,
     on_epoch: Callable[[dict], None] | None = None,
+    lr_at: Callable[[int, int], float] | None = None,
 ) -> FitResult:
-    """Train `model(images, *extras)` -> (B, len(targets)) by MSE; keep the selected epoch's weights."""
+    """Train `model(images, *extras)` -> (B, len(targets)) by `config.loss`; keep the selected epoch's weights.
+
+    `lr_at(epoch, group_index)`, when given, sets each parameter group's learning
+    rate at the start of every epoch (instead of group lr x `lr_factor`).
+    """
     import torch
 
     config.check()
@@ -177,16 +295,31 @@ def fit_regressor(
     if watch:
         x_watch, e_watch = ImageBank.get(watch, config.image_size), extras(watch)
         y_watch = np.array([[it.targets[t] for t in targets] for it in watch], dtype=np.float64)
-    optimizer = torch.optim.AdamW(optimizer_groups, betas=(0.9, 0.999), eps=1e-8)
-    batch = min(config.batch_size, len(train))
+    optimizer = make_optimizer(optimizer_groups, config)
+    base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    loss_fn = torch.nn.functional.l1_loss if config.loss == "l1" else torch.nn.functional.mse_loss
+    test_crops = {"crop_size": config.crop_size if config.test_crops else 0, "crops": config.test_crops,
+                  "crop_mode": config.test_crop_mode, "seed": seed}
+    n_seen = len(train) * config.crops_per_image
+    batch = min(config.batch_size, n_seen)
     best_score, best_epoch, best_state, history = float("-inf"), config.epochs - 1, None, []
     for epoch in range(config.epochs):
+        if config.reset_optimizer and epoch > 0:
+            optimizer = make_optimizer(optimizer_groups, config)
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = lr_at(epoch, i) if lr_at else base_lrs[i] * lr_factor(config, epoch)
         model.train()
-        order = rng.permutation(len(train))
+        if config.crops_per_image == 1:
+            order = rng.permutation(len(train))
+        else:
+            order = rng.permutation(np.repeat(np.arange(len(train)), config.crops_per_image))
         losses = []
         for start in range(0, len(order) - batch + 1, batch):  # drop_last, as the reference
             idx = torch.from_numpy(order[start:start + batch])
-            x = x_train[idx].to(device)
+            x = x_train[idx]
+            if config.crop_size:
+                x = random_crops(x, config.crop_size, rng)
+            x = x.to(device)
             if config.hflip:
                 flip = torch.from_numpy(rng.random(len(idx)) < 0.5).to(device)
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -194,14 +327,18 @@ def fit_regressor(
             args = [e[idx].to(device) for e in e_train]
             with _autocast(device, config.amp):
                 pred = model(x, *args)
-            loss = torch.nn.functional.mse_loss(pred.float().reshape(len(idx), -1), y_train[idx].to(device))
+            loss = loss_fn(pred.float().reshape(len(idx), -1), y_train[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-        record = {"epoch": epoch, "train_mse": float(np.mean(losses)) if losses else float("nan")}
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                  "lr": [float(g["lr"]) for g in optimizer.param_groups]}
+        if config.loss == "mse":
+            record["train_mse"] = record["train_loss"]
         if watch:
-            pred = predict_batches(model, x_watch, e_watch, device, config.eval_batch_size, config.amp, mean, std)
+            pred = predict_batches(model, x_watch, e_watch, device, config.eval_batch_size, config.amp, mean, std,
+                                   **test_crops)
             score = selection_score(pred, y_watch, config.selection)
             record["selection_score"] = score
             if score > best_score:

@@ -1,0 +1,503 @@
+"""CLIP-IQA (zero-shot) and CLIP-IQA+ (CoOp prompt learning, trained per split).
+
+Reference: J. Wang, K. C. K. Chan, C. C. Loy, "Exploring CLIP for assessing
+the look and feel of images", AAAI 2023; official code IceClear/CLIP-IQA
+(mmedit-based: ``mmedit/models/backbones/sr_backbones/coopclipiqa.py``,
+``mmedit/models/components/clip/model.py``, ``configs/clipiqa/*.py``), also
+re-implemented in pyiqa (``archs/clipiqa_arch.py``).  Independent
+implementation on open_clip, no code copied.
+
+CLIP-IQA (``clipiqa``, zero-shot), as the official ``CLIPIQAFixed`` with
+``pos_embedding=False``:
+
+- Backbone: OpenAI CLIP RN50 (here ``RN50-quickgelu`` + ``openai`` through
+  open_clip, i.e. the same weights built with the activation they were trained
+  with); any open_clip model / tag / local checkpoint can be chosen with
+  ``clip_model`` and ``pretrained``.
+- Image feature: the ResNet trunk, then CLIP's attention pooling *without its
+  positional embedding*: the layer4 map is flattened, its mean is prepended as
+  the query token, and multi-head attention with the pool's q/k/v/c
+  projections runs on these tokens as they are (the official
+  ``AttentionPool2d.forward(..., pos_embedding=False)`` simply skips the
+  ``x + positional_embedding`` line).  Nothing in the image path then depends
+  on the grid size, so any resolution (>= 32 px) works.
+- Preprocessing (official test pipeline): the image at its *native
+  resolution* (``image_size=0``; no resize, no crop), scaled to [0, 1] and
+  normalised with CLIP's mean/std.  ``image_size=N`` instead resizes to an
+  N x N square (bicubic), the harness's usual resize.
+- Antonym prompts ("Good photo.", "Bad photo.") by default (``positive``,
+  ``negative``).  Score = softmax over the pair of
+  ``logit_scale.exp() * cos(image, text)``, the probability of the positive
+  prompt, in [0, 1], higher = better.
+- A zero-shot method has no notion of targets: it predicts the same score for
+  every target (quality, alignment, ...).
+
+CLIP-IQA+ (``clipiqa.plus``), as the official ``CLIPIQAPredictor`` / CoOp
+``PromptLearner`` with the repository's defaults, retrained on each split:
+
+- Per prompt of the pair, the tokenised text ``"X X ... X <class>."`` (n_ctx
+  "X" placeholders, then e.g. "Good photo.", then the official extra ".");
+  the embeddings of the placeholders are replaced by ``n_ctx`` learnable
+  context vectors.  ``class_position="middle"`` (the official default) puts
+  half of the context before the class words and half after them
+  (``"end"``/``"front"``: CoOp's other placements).  The class words are kept,
+  not replaced.
+- ``class_specific=False`` (official default): one context shared by the two
+  prompts of the pair; ``True``: one per prompt.  ``ctx_init="normal"``
+  (official default, CoOp): N(0, 0.02); ``"x"``: the embedding of the "X"
+  placeholder token (pyiqa's starting point before it loads its learned file).
+- One learnable prompt pair per target, so a single model predicts every
+  target of the dataset (``joint_targets``).  CLIP (image and text towers,
+  token embeddings, logit scale) is frozen; only the contexts train.
+- Loss: MSE between the positive-prompt probability and the MOS mapped to
+  [0, 1] with the training part's min and max per target (the official code
+  divides KonIQ's 0-100 MOS by 100).  Implemented as the equivalent
+  ``lo + (hi - lo) * p`` output trained on raw MOS with the shared
+  `fit_regressor` (same minimiser; the constant factor (hi - lo)^2 on the loss
+  is absorbed by Adam), so predictions are on the MOS scale and rank exactly
+  as p does.
+- Optimiser: the shared loop's AdamW, lr 2e-3, no weight decay, constant LR
+  (official: SGD lr 2e-3 with cosine restarts over 300k iterations; pyiqa's
+  training recipe: Adam 2e-3, cosine, 50 epochs), batch 64, 50 epochs, model
+  selection on the validation groups by default.
+- Frozen image encoder: each image's feature (and, for the horizontal-flip
+  augmentation of the official training pipeline, its mirror's) is computed
+  once and cached on disk (`FeatureCache`, under the run's cache folder), then
+  handed to the model as an "extra" input of `fit_regressor`; the model
+  ignores the pixel batch the loop passes (which is why the loop is asked for
+  tiny 8 px copies of the images) and, in training mode, picks the mirrored
+  feature with probability 0.5.  Same results as encoding the images every
+  step, minus the cost.
+
+Deviations from the official code: open_clip instead of OpenAI's ``clip``
+package (same architecture and weights); AdamW with a constant learning rate
+instead of SGD with cosine restarts; MOS normalised by the training part's
+min/max instead of a fixed scale; the CLIP-IQA+ context is trained on each
+benchmark split rather than taken from the released KonIQ-10k prompts.
+
+For non-ResNet backbones (ViT) the positional embedding cannot be dropped
+sensibly: use ``pos_embedding=true`` (open_clip's own ``encode_image`` at the
+model's native size, or at ``image_size`` via ``force_image_size``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agiqa_bench.cache import FeatureCache, namespace_for
+from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.images import load_rgb
+from agiqa_bench.method import Method
+from agiqa_bench.records import Item
+from agiqa_bench.training import TrainConfig, fit_regressor, normalise
+from ipiqa.backbone import (
+    SYNTH_TAG,
+    WEIGHTS_DIR,
+    builtin_weights,
+    is_local,
+    load_clip,
+    tokenizer_for,
+    weights_available,
+)
+
+DEFAULT_POSITIVE = "Good photo."
+DEFAULT_NEGATIVE = "Bad photo."
+FEATURE_VERSION = 1
+CLASS_POSITIONS = ("middle", "end", "front")
+CTX_INITS = ("normal", "x")
+#: The fit loop's pixel batch is ignored by CLIP-IQA+ (cached features are used): keep it tiny.
+_IGNORED_PIXELS = 8
+
+
+# -- weights ---------------------------------------------------------------------------------
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def weights_problem(model: str, pretrained: str | None, method: str) -> str | None:
+    """Why the CLIP weights cannot be loaded here (None: they can, or may be downloaded)."""
+    fix = f"--set {method}.pretrained=PATH"
+    if not pretrained:
+        return None
+    if pretrained == SYNTH_TAG:
+        path = WEIGHTS_DIR / f"{model}-synth.pt"
+        if path.is_file():
+            return None
+        return (f"{method}: no built-in synthetic CLIP for {model!r} ({path} is missing); pick another model or "
+                f"pass a checkpoint with {fix}")
+    if is_local(pretrained):
+        path = Path(str(pretrained)).expanduser()
+        if path.is_file():
+            return None
+        return (f"{method}: CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r} "
+                f"(e.g. OpenAI's RN50.pt for RN50-quickgelu) with {fix}")
+    if weights_available(model, pretrained) is False and _offline():
+        where = "open_clip's download"
+        try:
+            import open_clip
+
+            from ipiqa.backbone import _register_configs
+
+            _register_configs()
+            cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+            parts = [p for p in (cfg.get("hf_hub", "").rstrip("/") and f"hf-hub:{cfg['hf_hub'].rstrip('/')}",
+                                 cfg.get("url", "")) if p]
+            where = " or ".join(parts) or where
+        except Exception:
+            pass
+        return (f"{method}: CLIP weights {model}/{pretrained} are not in the local cache and the hub is offline "
+                f"(HF_HUB_OFFLINE). Download them elsewhere ({where}; for RN50/openai the file is OpenAI's RN50.pt) "
+                f"and pass the file with {fix}")
+    return None
+
+
+# -- CLIP pieces -------------------------------------------------------------------------------
+def attnpool_without_pos(pool, fmap):
+    """CLIP's attention pooling of a (B, C, H, W) map with the positional embedding left out.
+
+    Tokens = [mean of the positions, positions...]; the mean token queries all tokens
+    through the pool's own q/k/v projections and heads; the output projection follows.
+    (The official code runs the full self-attention and keeps token 0: the same vector.)
+    """
+    tokens = fmap.flatten(2).permute(2, 0, 1)  # (HW, B, C)
+    tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)  # (HW + 1, B, C)
+    out, _ = F.multi_head_attention_forward(
+        query=tokens[:1], key=tokens, value=tokens, embed_dim_to_check=tokens.shape[-1],
+        num_heads=pool.num_heads, q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight, in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+        out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True, training=False, need_weights=False,
+    )
+    return out[0]
+
+
+def encode_image(clip, images, pos_embedding: bool = False):
+    """Image features (B, E), not normalised.  pos_embedding=False: CLIP-IQA's ResNet path."""
+    if pos_embedding:
+        return clip.encode_image(images)
+    v = clip.visual
+    if not hasattr(v, "attnpool"):
+        raise ConfigError("clipiqa: removing the positional embedding needs a ResNet CLIP (attention pooling); "
+                          "for ViT backbones set pos_embedding=true")
+    fmap = v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))
+    return attnpool_without_pos(v.attnpool, fmap)
+
+
+def text_tower(clip):
+    """The module holding the text encoder's parts (CLIP itself, or `.text` of a CustomTextCLIP)."""
+    tower = clip if hasattr(clip, "token_embedding") else getattr(clip, "text", None)
+    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+    if tower is None or not all(hasattr(tower, n) for n in needed):
+        raise ConfigError("clipiqa.plus needs a CLIP whose text encoder is open_clip's own transformer "
+                          "(token embedding + positional embedding); this backbone has another text tower")
+    pool = getattr(tower, "text_pool_type", getattr(tower, "pool_type", "argmax"))
+    if pool != "argmax":
+        raise ConfigError(f"clipiqa.plus supports text pooling at the end-of-text token only, not {pool!r}")
+    return tower
+
+
+def encode_text_embeddings(tower, embeddings, eot):
+    """Text features (N, E) from token embeddings (N, L, D); `eot` = end-of-text position per row."""
+    x = embeddings + tower.positional_embedding.to(embeddings.dtype)
+    x = tower.transformer(x, attn_mask=tower.attn_mask)
+    x = tower.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
+    proj = tower.text_projection
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def positive_probability(image_features, text_features, logit_scale):
+    """(B, P) probability of the positive prompt of each of P pairs.
+
+    text_features: (2P, E) ordered [pos_1, neg_1, pos_2, neg_2, ...].
+    """
+    img = image_features / image_features.norm(dim=-1, keepdim=True)
+    txt = text_features / text_features.norm(dim=-1, keepdim=True)
+    logits = logit_scale * img @ txt.t()
+    return logits.reshape(len(img), -1, 2).softmax(dim=-1)[..., 0]
+
+
+class PromptPairs(nn.Module):
+    """CoOp contexts for K antonym prompt pairs around fixed class words (official layout)."""
+
+    def __init__(self, tower, tokenizer, classnames: Sequence[str], n_targets: int, n_ctx: int,
+                 position: str, class_specific: bool, init: str):
+        super().__init__()
+        if n_ctx < 1:
+            raise ConfigError("clipiqa.plus.n_ctx must be at least 1")
+        placeholder = " ".join(["X"] * n_ctx)
+        width = int((tokenizer([placeholder]) != 0).sum()) - 2
+        if width != n_ctx:
+            raise ConfigError(f"clipiqa.plus: the tokenizer splits the context placeholder into {width} tokens, "
+                              f"not {n_ctx}")
+        tokens = tokenizer([f"{placeholder} {name}." for name in classnames])  # official: "X ... X Good photo.."
+        if int((tokens != 0).sum(dim=1).max()) >= tokens.shape[1]:
+            raise ConfigError(f"clipiqa.plus: n_ctx={n_ctx} plus the prompt does not fit the text encoder's "
+                              f"context length ({tokens.shape[1]} tokens); lower n_ctx")
+        self.name_lens = [int((tokenizer([name]) != 0).sum()) - 2 for name in classnames]
+        with torch.no_grad():
+            embedded = tower.token_embedding(tokens).float()
+        self.register_buffer("prefix", embedded[:, :1].clone())  # start-of-text
+        self.register_buffer("suffix", embedded[:, 1 + n_ctx:].clone())  # class words, ".", end-of-text, padding
+        self.register_buffer("eot", tokens.argmax(dim=-1))
+        dim = embedded.shape[-1]
+        shape = (n_targets, len(classnames), n_ctx, dim) if class_specific else (n_targets, n_ctx, dim)
+        if init == "normal":
+            ctx = torch.empty(shape).normal_(std=0.02)
+        elif init == "x":
+            x = embedded[0, 1:1 + n_ctx]
+            ctx = x.expand(*shape[:-2], n_ctx, dim).clone()
+        else:
+            raise ConfigError(f"clipiqa.plus.ctx_init must be one of {', '.join(CTX_INITS)}, got {init!r}")
+        if position not in CLASS_POSITIONS:
+            raise ConfigError(f"clipiqa.plus.class_position must be one of {', '.join(CLASS_POSITIONS)}")
+        self.ctx = nn.Parameter(ctx)
+        self.n_ctx, self.position, self.n_targets = n_ctx, position, n_targets
+        self.n_classes = len(classnames)
+
+    def forward(self):
+        """Prompt embeddings (K * C, L, D), ordered [t1c1, t1c2, t2c1, ...], and their end-of-text positions."""
+        k, c = self.n_targets, self.n_classes
+        ctx = self.ctx if self.ctx.dim() == 4 else self.ctx.unsqueeze(1).expand(k, c, -1, -1)
+        half = self.n_ctx // 2
+        rows = []
+        for i in range(c):
+            pre = self.prefix[i].expand(k, -1, -1)
+            words = self.suffix[i, :self.name_lens[i]].expand(k, -1, -1)
+            rest = self.suffix[i, self.name_lens[i]:].expand(k, -1, -1)
+            ci = ctx[:, i]
+            if self.position == "middle":
+                parts = [pre, ci[:, :half], words, ci[:, half:], rest]
+            elif self.position == "front":
+                parts = [pre, words, ci, rest]
+            else:  # end
+                parts = [pre, ci, words, rest]
+            rows.append(torch.cat(parts, dim=1))
+        prompts = torch.stack(rows, dim=1).reshape(k * c, *rows[0].shape[1:])
+        return prompts, self.eot.repeat(k)
+
+
+class CLIPIQAPlusModel(nn.Module):
+    """p(positive) per target from cached image features, mapped to the MOS range of training."""
+
+    def __init__(self, clip, prompts, lo, hi):
+        super().__init__()
+        clip.requires_grad_(False)
+        clip.eval()
+        self._frozen = [clip]  # not a submodule: kept out of state_dict and of the optimiser
+        self.tower = [text_tower(clip)]
+        self.prompts = prompts
+        self.register_buffer("logit_scale", clip.logit_scale.detach().exp().float().clone())
+        self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32))
+        self.register_buffer("hi", torch.as_tensor(hi, dtype=torch.float32))
+
+    @property
+    def clip(self):
+        return self._frozen[0]
+
+    def text_features(self):
+        embeddings, eot = self.prompts()
+        return encode_text_embeddings(self.tower[0], embeddings, eot.to(embeddings.device))
+
+    def probability(self, features):
+        return positive_probability(features, self.text_features(), self.logit_scale)
+
+    def forward(self, images, features, mirrored=None):
+        """`images` (the loop's pixel batch) is ignored: the image encoder is frozen, features are cached."""
+        if self.training and mirrored is not None:
+            pick = torch.rand(len(features), 1, device=features.device) < 0.5
+            features = torch.where(pick, mirrored, features)
+        return self.lo + (self.hi - self.lo) * self.probability(features)
+
+
+# -- methods ------------------------------------------------------------------------------------
+class CLIPIQA(Method):
+    """Zero-shot CLIP-IQA: p("Good photo.") against "Bad photo." (same score for every target)."""
+
+    params: ClassVar[dict[str, Any]] = {
+        "clip_model": "RN50-quickgelu",
+        "pretrained": "openai",
+        "positive": DEFAULT_POSITIVE,
+        "negative": DEFAULT_NEGATIVE,
+        "image_size": 0,  # 0: native resolution (official); N: bicubic N x N square
+        "pos_embedding": False,
+    }
+
+    def __init__(self, spec, config=None, context=None):
+        super().__init__(spec, config, context)
+        self._clip = None
+        self._cache: FeatureCache | None = None
+        self.info: dict[str, Any] = {}
+        if int(self.config["image_size"]) < 0:
+            raise ConfigError(f"{spec.name}.image_size must be 0 (native resolution) or a side in pixels")
+        if not str(self.config["positive"]).strip() or not str(self.config["negative"]).strip():
+            raise ConfigError(f"{spec.name}: positive and negative prompts must not be empty")
+
+    # -- model ------------------------------------------------------------------------------
+    def require_weights(self) -> None:
+        problem = weights_problem(self.config["clip_model"], self.config["pretrained"], self.spec.name)
+        if problem:
+            raise MethodUnavailable(problem)
+
+    @property
+    def clip(self):
+        """The frozen open_clip model (loaded once; random weights are seeded by the context seed)."""
+        if self._clip is None:
+            self.require_weights()
+            torch.manual_seed(self.context.seed)
+            size = int(self.config["image_size"]) if self.config["pos_embedding"] else 0
+            try:
+                clip = load_clip(self.config["clip_model"], self.config["pretrained"], image_size=size or None)
+            except MethodUnavailable as exc:  # name this method in the fix, not IP-IQA
+                raise MethodUnavailable(str(exc).replace("--set ipiqa.", f"--set {self.spec.name}.")) from None
+            clip.requires_grad_(False)
+            self._clip = clip.float().eval().to(self.context.device)
+        return self._clip
+
+    def weights_identity(self) -> dict[str, Any]:
+        """What the image features depend on, for the cache namespace."""
+        pretrained = builtin_weights(self.config["clip_model"], self.config["pretrained"])
+        ident: dict[str, Any] = {"model": self.config["clip_model"], "pretrained": pretrained}
+        if not pretrained:
+            ident["random_init_seed"] = self.context.seed
+        elif is_local(pretrained):
+            st = Path(pretrained).expanduser().stat()
+            ident["file"] = f"{st.st_size}:{st.st_mtime_ns}"
+        return ident
+
+    def image_features(self, items: Sequence[Item], mirrored: bool = False) -> np.ndarray:
+        """(n, E) image features, computed once per image (and per mirror) and cached."""
+        if not items:
+            return np.zeros((0, 0))
+        clip = self.clip
+        size = int(self.config["image_size"])
+        if self.config["pos_embedding"] and not size:
+            native = clip.visual.image_size
+            size = int(native[0] if isinstance(native, (tuple, list)) else native)
+        if self._cache is None:
+            self._cache = FeatureCache(self.context.cache_dir / "features" if self.context.cache_dir else None)
+        namespace = namespace_for("clipiqa-image", {
+            "version": FEATURE_VERSION, **self.weights_identity(), "image_size": size,
+            "pos_embedding": bool(self.config["pos_embedding"]), "mirrored": mirrored})
+        device = self.context.device
+
+        def compute(item: Item) -> np.ndarray:
+            rgb = load_rgb(item.image, size or None)
+            if min(rgb.shape[:2]) < 32:
+                raise ConfigError(f"{self.spec.name}: {item.image} is smaller than 32 px; CLIP cannot encode it")
+            x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
+            if mirrored:
+                x = x.flip(-1)
+            with torch.no_grad():
+                f = encode_image(clip, normalise(x.to(device)), bool(self.config["pos_embedding"]))
+            return f[0].float().cpu().numpy()
+
+        return self._cache.get(namespace, items, compute)
+
+    def prompt_tokens(self):
+        return tokenizer_for(self.config["clip_model"])([self.config["positive"], self.config["negative"]])
+
+    # -- fit / predict ----------------------------------------------------------------------
+    def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
+        super().fit(train, val, targets)
+        self.require_weights()
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        self.require_weights()
+        if not items:
+            return np.zeros(0, dtype=np.float64)
+        clip = self.clip
+        feats = torch.from_numpy(self.image_features(items)).float().to(self.context.device)
+        with torch.no_grad():
+            text = clip.encode_text(self.prompt_tokens().to(self.context.device)).float()
+            p = positive_probability(feats, text, clip.logit_scale.exp().float())
+        return p[:, 0].cpu().numpy().astype(np.float64)
+
+
+class CLIPIQAPlus(CLIPIQA):
+    """CLIP-IQA+: CoOp contexts around the antonym prompts, one pair per target, trained per split."""
+
+    params: ClassVar[dict[str, Any]] = {
+        **CLIPIQA.params,
+        "n_ctx": 16,
+        "class_position": "middle",
+        "class_specific": False,
+        "ctx_init": "normal",
+        "epochs": 50,
+        "batch_size": 64,
+        "lr": 2e-3,
+        "weight_decay": 0.0,
+        "hflip": True,
+        "selection": "val",
+    }
+
+    def __init__(self, spec, config=None, context=None):
+        super().__init__(spec, config, context)
+        self.model = None
+        self._oracle: Sequence[Item] | None = None
+
+    @property
+    def uses_test_oracle(self) -> bool:
+        return self.config["selection"] == "test-oracle"
+
+    def set_oracle(self, items: Sequence[Item]) -> None:
+        self._oracle = items
+
+    def build(self, n_targets: int, lo=None, hi=None):
+        """The prompt learner around the frozen CLIP (contexts seeded by the context seed)."""
+        c = self.config
+        clip = self.clip
+        torch.manual_seed(self.context.seed)
+        prompts = PromptPairs(text_tower(clip), tokenizer_for(c["clip_model"]), [c["positive"], c["negative"]],
+                             n_targets, int(c["n_ctx"]), c["class_position"], bool(c["class_specific"]), c["ctx_init"])
+        lo = np.zeros(n_targets) if lo is None else lo
+        hi = np.ones(n_targets) if hi is None else hi
+        return CLIPIQAPlusModel(clip, prompts, lo, hi).to(self.context.device)
+
+    def train_config(self):
+        c = self.config
+        return TrainConfig(epochs=int(c["epochs"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
+                           weight_decay=float(c["weight_decay"]), image_size=_IGNORED_PIXELS, hflip=False,
+                           selection=c["selection"], amp=False)
+
+    def _extras(self, items: Sequence[Item]) -> list:
+        out = [torch.from_numpy(self.image_features(items)).float()]
+        if self.config["hflip"]:
+            out.append(torch.from_numpy(self.image_features(items, mirrored=True)).float())
+        return out
+
+    def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
+        self.targets = tuple(targets)
+        self.require_weights()
+        if not train:
+            raise ConfigError(f"{self.spec.name}: no training items")
+        mos = np.array([[it.targets[t] for t in self.targets] for it in train], dtype=np.float64)
+        lo, hi = mos.min(axis=0), mos.max(axis=0)
+        hi = np.where(hi > lo, hi, lo + 1.0)  # a constant target: any scale will do
+        self.model = self.build(len(self.targets), lo, hi)
+        cfg = self.train_config()
+        groups = [{"params": [self.model.prompts.ctx], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+        result = fit_regressor(self.model, groups, train, val, self.targets, cfg, device=self.context.device,
+                               seed=self.context.seed, extras=self._extras, oracle=self._oracle)
+        self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
+                     "train_mse_last": result.history[-1]["train_mse"]}
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(f"{self.spec.name}: predict called before fit")
+        if not items:
+            return np.zeros((0, len(self.targets)), dtype=np.float64)
+        feats = torch.from_numpy(self.image_features(items)).float().to(self.context.device)
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(None, feats)
+        return out.cpu().numpy().astype(np.float64).reshape(len(items), len(self.targets))

@@ -1,0 +1,82 @@
+"""CNNIQA (Kang, Ye, Li, Doermann, CVPR 2014) on pyiqa's architecture, trained per split.
+
+Architecture: `pyiqa.archs.cnniqa_arch.CNNIQA` (built with `pretrained=None`,
+which downloads nothing): conv 7x7 x 50 on RGB, global max and min pooling,
+FC 800 -> ReLU -> dropout 0.5 -> FC 800 -> ReLU -> FC.  The last layer has one
+output per target (all targets of the dataset are predicted jointly).  No
+pretrained weights: it trains from scratch.
+
+Recipes (parameters; `--set cnniqa.KEY=VALUE`):
+
+- default = pyiqa's training recipe for this architecture
+  (options/train/CNNIQA/train_CNNIQA.yml): images resized to 512 x 512, random
+  384 crops + horizontal flip, AdamW lr 1e-3 (weight decay 0.01, AdamW's
+  default, which the yml leaves unset), batch 64, 50 epochs, MultiStep LR at
+  epochs 10/20/30/40 x 0.5, MSE loss; tested on the whole 512 image (global
+  pooling takes any size).  [0, 1] pixels without mean/std, as pyiqa.
+- `cnniqa.kang` = the paper's patch recipe as in lidq92/CNNIQA: 32 x 32 patches
+  after local contrast normalisation (3 x 3 window, C = 1 on the 0-255 scale),
+  each patch regressing its image's MOS, L1 loss, Adam lr 1e-4, batch 128, no
+  flip; the test score is the mean over the non-overlapping 32 px tiles (a 16 x
+  16 grid of the 512 resize).  Deviations: RGB input (pyiqa's architecture;
+  the paper uses grey), 256 random patches per image per epoch instead of the
+  fixed tiling, 100 epochs instead of lidq92's 500.
+- on the built-in `synthetic` set (96 px, see the registry): 48 px crops, batch
+  16, 8 epochs, milestones 5/7 x 0.5; under ten seconds per repeat on one CPU
+  thread (the 7 x 7 convolution over a large map is most of it).
+
+Targets: the network predicts each target's MOS min-max scaled over the
+training part (pyiqa's `mos_normalize`), mapped back to MOS units by a fixed
+output layer, so the loss is in MOS units (`mos_scaling=none`: raw MOS, as
+lidq92).  The epoch is selected on the validation groups (`selection=val`;
+`test-oracle` = lidq92/pyiqa practice of the best epoch on the test part,
+labelled in reports).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pyiqa.archs.cnniqa_arch import CNNIQA
+from torch import nn
+
+from baselines.deep import TRAIN_PARAMS, DeepIQAMethod
+
+
+def local_contrast_normalise(x: torch.Tensor, window: int = 3, c: float = 1.0 / 255) -> torch.Tensor:
+    """(x - local mean) / (local std + c) per channel, over a `window` x `window` box (Kang et al.)."""
+    pad = window // 2
+    mu = F.avg_pool2d(x, window, 1, pad, count_include_pad=False)
+    var = F.avg_pool2d(x * x, window, 1, pad, count_include_pad=False) - mu * mu
+    return (x - mu) / (var.clamp_min(0).sqrt() + c)
+
+
+class CNNIQANet(CNNIQA):
+    """pyiqa's CNNIQA with `num_outputs` outputs and optional local contrast normalisation of the input."""
+
+    def __init__(self, num_outputs: int = 1, lcn: bool = False):
+        super().__init__(pretrained=None)  # pretrained=None: random init, no download
+        if num_outputs != 1:
+            self.fc3 = nn.Linear(self.fc2.out_features, num_outputs)
+        self.lcn = lcn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lcn:
+            x = local_contrast_normalise(x)
+        return super().forward(x)
+
+
+class CNNIQAMethod(DeepIQAMethod):
+    params: ClassVar[dict[str, Any]] = {
+        **TRAIN_PARAMS,
+        "image_size": 512, "crop_size": 384, "epochs": 50, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
+        "weight_decay": 0.01, "lr_schedule": "step", "lr_milestones": "10,20,30,40", "lr_gamma": 0.5, "loss": "mse",
+        "lcn": False,
+    }
+    mean = (0.0, 0.0, 0.0)  # pyiqa feeds CNNIQA [0, 1] pixels
+    std = (1.0, 1.0, 1.0)
+
+    def build(self, num_outputs: int, weights: dict) -> nn.Module:
+        return CNNIQANet(num_outputs, lcn=bool(self.config["lcn"]))

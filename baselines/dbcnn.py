@@ -1,0 +1,116 @@
+"""DBCNN (Zhang, Ma, Yan, Deng, Wang, TCSVT 2020) on pyiqa's architecture, trained per split.
+
+Architecture: `pyiqa.archs.dbcnn_arch.DBCNN`: ImageNet VGG-16 conv layers
+(conv5_3, 512 channels) and the S-CNN branch pretrained on synthetic
+distortions (128 channels), bilinear pooling to 512 x 128, signed square root,
+L2 normalisation, a linear layer (one output per target).  pyiqa's constructor
+always downloads VGG-16 and the S-CNN checkpoint, so `DBCNNNet` builds the same
+modules itself (pyiqa's `SCNN` class, torchvision's `vgg16`) and loads the
+weights through `baselines.deep` (parameters `backbone_weights` and
+`scnn_weights`: a tag, a local file, or "" for random init); `forward` is
+pyiqa's.  Offline, without the files, `fit` raises `MethodUnavailable`.
+
+Official recipe (zwx8981/DBCNN-PyTorch, DBCNN.py), the default here:
+
+1. stage 1: VGG-16 and S-CNN frozen, only the linear layer trains: SGD lr 1e-3,
+   momentum 0.9, weight decay 5e-4, 50 epochs (`fc_epochs`, `fc_lr`);
+2. stage 2: from stage 1's selected epoch, everything trains: Adam lr 1e-5,
+   weight decay 5e-4 (L2), 50 epochs;
+3. batch 8, random 448 crops + horizontal flip (LIVE Challenge), MSE loss,
+   ImageNet mean/std; test on the whole image.  Here the image is the 512 x 512
+   resize (the official code trains on LIVE-C's 500 x 500 originals).
+
+Each stage selects its epoch by `selection` (official: best SRCC on the test
+part = `test-oracle`; default here: validation groups).  The official code
+regresses raw MOS; here the network predicts min-max scaled MOS, mapped back by
+a fixed output layer (`mos_scaling=minmax`; the loss stays in MOS units, so
+Adam is unaffected, while stage 1's SGD steps differ by the MOS range;
+`mos_scaling=none` is the official setting).
+
+On the built-in `synthetic` set (96 px; see the registry) the preset is random
+init (offline), 64 px crops, batch 16, 1 + 2 epochs, stage-2 lr 1e-4 (1e-5 is
+for fine-tuning ImageNet weights).  A minute or two per repeat on a CPU: not
+in the default run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pyiqa.archs.dbcnn_arch import DBCNN, SCNN
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from agiqa_bench.training import TrainConfig
+from baselines.deep import SCNN_PYIQA, TRAIN_PARAMS, VGG16_IMAGENET, DeepIQAMethod, load_into
+
+
+def vgg16_features(state: dict | None, method: str = "dbcnn") -> nn.Sequential:
+    """torchvision's VGG-16 `features` without the last max-pool (conv5_3 + ReLU), from a VGG-16 state dict.
+
+    Only the convolutional part is built (torchvision's initialisation), not the
+    120M-parameter classifier that DBCNN drops.
+    """
+    features = make_layers(cfgs["D"], batch_norm=False)
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):  # as torchvision.models.VGG initialises them
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    if state is not None:
+        state = {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")}
+        load_into(features, state, method, "backbone_weights", "torchvision's VGG-16")
+    return nn.Sequential(*list(features.children())[:-1])
+
+
+class DBCNNNet(DBCNN):
+    """pyiqa's DBCNN built without downloads: weights come as state dicts (None = random init).
+
+    Inputs arrive normalised by the harness (ImageNet mean/std), so pyiqa's own
+    `preprocess` is made the identity.
+    """
+
+    def __init__(self, num_outputs: int = 1, vgg_state: dict | None = None, scnn_state: dict | None = None,
+                 method: str = "dbcnn"):
+        nn.Module.__init__(self)  # not DBCNN.__init__: it downloads VGG-16 and S-CNN unconditionally
+        self.features1 = vgg16_features(vgg_state, method)
+        scnn = SCNN(use_bn=True)
+        if scnn_state is not None:
+            load_into(scnn, scnn_state, method, "scnn_weights", "DBCNN's S-CNN (pyiqa.archs.dbcnn_arch.SCNN)")
+        self.features2 = scnn.features
+        self.fc = nn.Linear(512 * 128, num_outputs)
+        nn.init.kaiming_normal_(self.fc.weight.data)
+        nn.init.constant_(self.fc.bias.data, 0.0)
+        self.default_mean = torch.zeros(1, 3, 1, 1)
+        self.default_std = torch.ones(1, 3, 1, 1)
+
+
+class DBCNNMethod(DeepIQAMethod):
+    params: ClassVar[dict[str, Any]] = {
+        **TRAIN_PARAMS,
+        "backbone_weights": "imagenet",  # VGG-16: imagenet | /path/to/vgg16-397923af.pth | "" (random)
+        "scnn_weights": "pyiqa",  # S-CNN: pyiqa | /path/to/scnn.pkl or DBCNN_scnn-7ea73d75.pth | "" (random)
+        "image_size": 512, "crop_size": 448, "batch_size": 8, "loss": "mse",
+        # stage 1: linear layer only
+        "fc_epochs": 50, "fc_lr": 1e-3, "fc_optimizer": "sgd",
+        # stage 2: everything
+        "epochs": 50, "optimizer": "adam", "lr": 1e-5, "weight_decay": 5e-4, "eval_batch_size": 16,
+    }
+    weight_params: ClassVar[dict] = {"backbone_weights": VGG16_IMAGENET, "scnn_weights": SCNN_PYIQA}
+
+    def build(self, num_outputs: int, weights: dict) -> nn.Module:
+        return DBCNNNet(num_outputs, weights["backbone_weights"], weights["scnn_weights"], self.spec.name)
+
+    def train_model(self, train, val, cfg: TrainConfig):
+        results = []
+        fc_epochs = int(self.config["fc_epochs"])
+        if fc_epochs > 0:
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(name.startswith("fc."))
+            stage1 = TrainConfig(**{**cfg.__dict__, "epochs": fc_epochs, "lr": float(self.config["fc_lr"]),
+                                    "optimizer": self.config["fc_optimizer"], "lr_schedule": "constant"})
+            results.append(self._fit(train, val, stage1, self.param_groups(stage1, lambda n: n.startswith("fc."))))
+            for p in self.net.parameters():
+                p.requires_grad_(True)
+        results.append(self._fit(train, val, cfg, self.param_groups(cfg)))
+        return results

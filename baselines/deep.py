@@ -1,0 +1,383 @@
+"""What the deep baselines (CNNIQA, DBCNN, HyperIQA, ResNet-50) share.
+
+- `DeepIQAMethod`: the `Method` around one torch model trained by
+  `agiqa_bench.training.fit_regressor`.  Every hyperparameter of the training
+  loop is a method parameter (`--set cnniqa.epochs=10`), the model predicts
+  every target of the dataset at once (one output per target, `joint_targets`,
+  as IP-IQA), and the epoch is selected as IP-IQA selects it: `val` (default),
+  `last`, or `test-oracle` (the official codes' best epoch on the test part;
+  labelled in reports).
+- The network predicts min-max scaled MOS (`mos_scaling=minmax`, as pyiqa's
+  `mos_normalize`): a fixed affine output layer (`MOSScale`, from the training
+  part's MOS range per target) maps it back, so predictions and the loss are in
+  MOS units and a fresh network starts near the MOS range instead of at 0.
+- Pretrained weights (ImageNet backbones, DBCNN's SCNN) come through
+  `load_state_dict`, never through a library constructor: a parameter holds a
+  tag (`imagenet`, `pyiqa`: downloaded the normal way into the torch hub cache
+  and reused from there), a local file, or "" for random weights.  A missing
+  file raises `MethodUnavailable` at the start of `fit`, naming the file and
+  the `--set method.param=PATH` fix.  With `HF_HUB_OFFLINE=1` (or
+  `AGIQA_BENCH_OFFLINE=1`) nothing is downloaded: a file not in the cache is
+  reported missing at once.
+
+This module imports neither torch nor pyiqa at import time, so the weights
+checks that `agiqa-bench methods` calls stay cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Sequence
+
+import numpy as np
+
+from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.method import Method
+from agiqa_bench.records import Item
+from agiqa_bench.training import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FitResult,
+    ImageBank,
+    TrainConfig,
+    fit_regressor,
+    predict_batches,
+)
+
+RANDOM_INIT = ("", "none", "random")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A downloadable weights file: `tag` names it in a method parameter."""
+
+    what: str
+    tag: str
+    url: str
+    filename: str
+    cache_folder: str  # under torch.hub.get_dir()
+
+    def cache_path(self) -> Path:
+        return hub_dir() / self.cache_folder / self.filename
+
+
+#: torchvision's ImageNet weights (the files `resnet50(weights="IMAGENET1K_V1")` and `vgg16(weights=...)` fetch).
+RESNET50_IMAGENET = WeightSource("ImageNet ResNet-50 (torchvision ResNet50_Weights.IMAGENET1K_V1)", "imagenet",
+                                 "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                                 "resnet50-0676ba61.pth", "checkpoints")
+VGG16_IMAGENET = WeightSource("ImageNet VGG-16 (torchvision VGG16_Weights.IMAGENET1K_V1)", "imagenet",
+                              "https://download.pytorch.org/models/vgg16-397923af.pth",
+                              "vgg16-397923af.pth", "checkpoints")
+#: DBCNN's S-CNN, pretrained on synthetic distortions (the official scnn.pkl, as re-hosted by pyiqa).
+SCNN_PYIQA = WeightSource("DBCNN's SCNN branch pretrained on synthetic distortions (pyiqa DBCNN_scnn-7ea73d75.pth)",
+                          "pyiqa", "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DBCNN_scnn-7ea73d75.pth",
+                          "DBCNN_scnn-7ea73d75.pth", "pyiqa")
+
+
+def hub_dir() -> Path:
+    """torch's hub cache folder ($TORCH_HOME/hub, by default ~/.cache/torch/hub), read at call time."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir())
+
+
+def offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "AGIQA_BENCH_OFFLINE"))
+
+
+def is_random(value: Any) -> bool:
+    return value is None or str(value).strip().lower() in RANDOM_INIT
+
+
+def weights_available(value: Any, source: WeightSource) -> bool:
+    """True when a parameter's weights are here: random init, a cached tag, or an existing file.
+
+    False for a tag that is not cached yet: with internet it is downloaded on first use.
+    """
+    if is_random(value):
+        return True
+    if value == source.tag:
+        return source.cache_path().is_file()
+    return Path(str(value)).expanduser().is_file()
+
+
+# "module:function" checks for the registry (`Weights.check`): they take the method's params.
+def resnet50_available(params: dict) -> bool:
+    return weights_available(params.get("backbone_weights", ""), RESNET50_IMAGENET)
+
+
+def vgg16_available(params: dict) -> bool:
+    return weights_available(params.get("backbone_weights", "imagenet"), VGG16_IMAGENET)
+
+
+def scnn_available(params: dict) -> bool:
+    return weights_available(params.get("scnn_weights", "pyiqa"), SCNN_PYIQA)
+
+
+def _missing(method: str, param: str, source: WeightSource, why: str) -> MethodUnavailable:
+    return MethodUnavailable(
+        f"{method} needs {source.what} for its parameter {param!r}: {why}. "
+        f"Download {source.filename} ({source.url}) where there is internet, then pass "
+        f"--set {method}.{param}=/path/to/{source.filename} (or copy it to {source.cache_path()}); "
+        f"--set {method}.{param}= trains from random weights instead."
+    )
+
+
+def fetch(source: WeightSource, method: str, param: str) -> Path:
+    """The cached file of a tag, downloaded the normal way when it is not cached (never when offline)."""
+    path = source.cache_path()
+    if path.is_file():
+        return path
+    if offline():
+        raise _missing(method, param, source, f"{path} is not in the torch hub cache and downloads are off "
+                                              "(HF_HUB_OFFLINE / AGIQA_BENCH_OFFLINE)")
+    try:
+        if source.cache_folder == "pyiqa":
+            from pyiqa.utils.download_util import load_file_from_url
+
+            return Path(load_file_from_url(source.url, model_dir=str(path.parent), file_name=source.filename))
+        import torch.hub
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(source.url, str(path), progress=True)
+        return path
+    except Exception as exc:  # network errors come in many types; all mean "not downloadable here"
+        raise _missing(method, param, source, f"{path} is not cached and the download failed "
+                                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+
+
+def load_state_dict(value: Any, source: WeightSource, method: str, param: str) -> dict | None:
+    """A state dict for a parameter's value (tag, file or random), or None for random weights."""
+    import torch
+
+    if is_random(value):
+        return None
+    if value == source.tag:
+        path = fetch(source, method, param)
+    else:
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise _missing(method, param, source, f"the file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise MethodUnavailable(f"{method}.{param}: cannot read {path} as a torch state dict "
+                                f"({type(exc).__name__}: {str(exc)[:200]}); give {source.what}") from None
+    for key in ("state_dict", "params", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise MethodUnavailable(f"{method}.{param}: {path} holds no state dict; give {source.what}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_into(module, state: dict, method: str, param: str, what: str, *, drop: tuple[str, ...] = ()) -> None:
+    """`module.load_state_dict(state)` (keys starting with `drop` left out), with an error naming the parameter."""
+    state = {k: v for k, v in state.items() if not k.startswith(drop)}
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MethodUnavailable(f"{method}.{param}: the weights do not fit {what} ({str(exc)[:300]})") from None
+
+
+def int_tuple(text: Any, where: str) -> tuple[int, ...]:
+    """'10,20,30' -> (10, 20, 30); '' -> ()."""
+    if isinstance(text, (tuple, list)):
+        return tuple(int(v) for v in text)
+    try:
+        return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{where}: expected comma-separated integers, got {text!r}") from None
+
+
+@functools.cache
+def _mos_scale_class():
+    import torch
+    from torch import nn
+
+    class MOSScale(nn.Module):
+        """`net` followed by the fixed affine map y = offset + scale * output (per target)."""
+
+        def __init__(self, net, offset, scale):
+            super().__init__()
+            self.net = net
+            self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float32).view(1, -1))
+            self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).view(1, -1))
+
+        def forward(self, x):
+            return self.net(x) * self.scale + self.offset
+
+    return MOSScale
+
+
+def mos_scale(net, offset, scale):
+    """`net` whose outputs are mapped to MOS units by offset + scale * output (fixed, per target)."""
+    return _mos_scale_class()(net, offset, scale)
+
+
+#: Training-loop parameters every deep baseline has (each method sets its own defaults).
+TRAIN_PARAMS: dict[str, Any] = {
+    "image_size": 512,  # square bicubic resize of every image, done once (ImageBank)
+    "crop_size": 0,  # random training crops of this side (0: the whole image)
+    "crops_per_image": 1,  # random crops of each training image per epoch
+    "test_crops": 0,  # 0: score the whole image; n: mean over n crops of crop_size
+    "test_crop_mode": "grid",  # grid | random
+    "hflip": True,
+    "epochs": 50,
+    "batch_size": 32,
+    "optimizer": "adamw",  # adamw | adam | sgd
+    "lr": 1e-4,
+    "head_lr_scale": 1.0,  # learning-rate multiplier of the head (see `is_head`)
+    "weight_decay": 0.0,
+    "momentum": 0.9,  # sgd only
+    "lr_schedule": "constant",  # constant | step | cosine
+    "lr_milestones": "",  # step: comma-separated epochs
+    "lr_gamma": 0.1,
+    "reset_optimizer": False,
+    "loss": "mse",  # mse | l1
+    "mos_scaling": "minmax",  # minmax: the network predicts (MOS - min) / (max - min) of the training part | none
+    "selection": "val",  # val | last | test-oracle
+    "amp": True,
+    "eval_batch_size": 64,
+}
+
+
+class DeepIQAMethod(Method):
+    """A torch regression model trained by `fit_regressor`; subclasses implement `build`.
+
+    Subclass hooks:
+    - `weight_params`: parameter name -> `WeightSource` of each pretrained part;
+    - `build(num_outputs, weights)`: the model, from the loaded state dicts;
+    - `is_head(name)`: parameters trained at lr x `head_lr_scale`;
+    - `train_model`: one `fit_regressor` call by default (DBCNN has two stages);
+    - `lr_at`: an optional per-epoch, per-group learning rate (HyperIQA).
+    """
+
+    params: ClassVar[dict[str, Any]] = dict(TRAIN_PARAMS)
+    weight_params: ClassVar[dict[str, WeightSource]] = {}
+    #: `lr_schedule` values the subclass implements through `lr_at` (the loop itself then runs "constant").
+    custom_schedules: ClassVar[tuple[str, ...]] = ()
+    mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
+    std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
+
+    def __init__(self, spec, config=None, context=None):
+        super().__init__(spec, config, context)
+        self.net = None  # the network `build` made
+        self.model = None  # the network with its MOS scaling: what is trained and predicts
+        if self.config["mos_scaling"] not in ("minmax", "none"):
+            raise ConfigError(f"{spec.name}.mos_scaling must be minmax or none, got {self.config['mos_scaling']!r}")
+        self._oracle: Sequence[Item] | None = None
+        self.info: dict[str, Any] = {}
+        self.train_config().check()  # bad values fail when the method is made, not after loading data
+
+    @property
+    def method_name(self) -> str:
+        return getattr(self, "name", self.spec.name)
+
+    @property
+    def uses_test_oracle(self) -> bool:
+        return self.config["selection"] == "test-oracle"
+
+    def set_oracle(self, items: Sequence[Item]) -> None:
+        """The test part, given by the runner only under selection=test-oracle."""
+        self._oracle = items
+
+    # -- hooks ------------------------------------------------------------------------------
+    def build(self, num_outputs: int, weights: dict[str, dict | None]):
+        raise NotImplementedError
+
+    def is_head(self, name: str) -> bool:
+        return False
+
+    def lr_at(self, groups: list[dict], cfg: TrainConfig) -> Callable[[int, int], float] | None:
+        return None
+
+    def train_model(self, train, val, cfg: TrainConfig) -> list[FitResult]:
+        return [self._fit(train, val, cfg, self.param_groups(cfg))]
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def train_config(self, **changes) -> TrainConfig:
+        c = self.config
+        cfg = TrainConfig(
+            epochs=int(c["epochs"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
+            head_lr_scale=float(c["head_lr_scale"]), weight_decay=float(c["weight_decay"]),
+            image_size=int(c["image_size"]), hflip=bool(c["hflip"]), selection=c["selection"], amp=bool(c["amp"]),
+            eval_batch_size=int(c["eval_batch_size"]), loss=c["loss"], optimizer=c["optimizer"],
+            momentum=float(c["momentum"]),
+            lr_schedule="constant" if c["lr_schedule"] in self.custom_schedules else c["lr_schedule"],
+            lr_milestones=int_tuple(c["lr_milestones"], f"{self.spec.name}.lr_milestones"),
+            lr_gamma=float(c["lr_gamma"]), reset_optimizer=bool(c["reset_optimizer"]),
+            crop_size=int(c["crop_size"]), crops_per_image=int(c["crops_per_image"]),
+            test_crops=int(c["test_crops"]), test_crop_mode=c["test_crop_mode"],
+        )
+        return replace(cfg, **changes)
+
+    def load_weights(self) -> dict[str, dict | None]:
+        """Every pretrained part's state dict (None: random); MethodUnavailable when a file is missing."""
+        return {param: load_state_dict(self.config[param], source, self.spec.name, param)
+                for param, source in self.weight_params.items()}
+
+    def param_groups(self, cfg: TrainConfig, names: Callable[[str], bool] | None = None) -> list[dict]:
+        """[backbone, head] groups of the trainable parameters (those `names` selects, default all)."""
+        body, head = [], []
+        for name, p in self.net.named_parameters():
+            if names is None or names(name):
+                (head if self.is_head(name) else body).append(p)
+        groups = [{"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                  {"params": head, "lr": cfg.lr * cfg.head_lr_scale, "weight_decay": cfg.weight_decay}]
+        return [g for g in groups if g["params"]]
+
+    def _fit(self, train, val, cfg: TrainConfig, groups: list[dict]) -> FitResult:
+        return fit_regressor(self.model, groups, train, val, self.targets, cfg, device=self.context.device,
+                             seed=self.context.seed, oracle=self._oracle, mean=self.mean, std=self.std,
+                             lr_at=self.lr_at(groups, cfg))
+
+    # -- fit / predict ------------------------------------------------------------------------------
+    def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
+        import torch
+
+        super().fit(train, val, targets)
+        cfg = self.train_config()
+        if cfg.selection == "val" and not val:
+            raise ConfigError("selection 'val' needs a validation part; use --val-fraction > 0 or selection=last")
+        weights = self.load_weights()  # before any training: a missing file is reported at once
+        torch.manual_seed(self.context.seed)
+        self.net = self.build(len(self.targets), weights)
+        mos = np.array([[it.targets[t] for t in self.targets] for it in train], dtype=np.float64)
+        if self.config["mos_scaling"] == "minmax" and len(mos):
+            low, span = mos.min(0), np.ptp(mos, axis=0)
+            self.model = mos_scale(self.net, low, np.where(span > 0, span, 1.0))
+        else:
+            self.model = mos_scale(self.net, np.zeros(len(self.targets)), np.ones(len(self.targets)))
+        results = self.train_model(train, val, cfg)
+        last = results[-1].history[-1]
+        self.info = {"best_epoch": [r.best_epoch for r in results] if len(results) > 1 else results[0].best_epoch,
+                     "selection": cfg.selection, "train_loss_last": last["train_loss"],
+                     "pretrained": {p: str(self.config[p]) for p in self.weight_params}}
+        if self.context.keep_checkpoints and self.context.workdir is not None:
+            self.info["checkpoint"] = str(self.save(self.checkpoint_path()))
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(f"{self.spec.name}: predict called before fit")
+        cfg = self.train_config()
+        images = ImageBank.get(items, cfg.image_size)
+        return predict_batches(self.model, images, [], self.context.device, cfg.eval_batch_size, cfg.amp,
+                               self.mean, self.std, crop_size=cfg.crop_size if cfg.test_crops else 0,
+                               crops=cfg.test_crops, crop_mode=cfg.test_crop_mode, seed=self.context.seed)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return Path(self.context.workdir) / "checkpoints" / f"{self.context.dataset}-{self.method_name}-r{self.context.repeat}.pt"
+
+    def save(self, path: Path) -> Path:
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": "agiqa-bench/deep@1", "method": self.method_name, "params": self.config,
+                    "targets": list(self.targets), "state_dict": self.model.state_dict()}, path)
+        return path

@@ -1,0 +1,53 @@
+"""ResNet-50 regression baselines: random init (`resnet50`) and ImageNet init (`resnet50.imagenet`, the paper's ResNet50*).
+
+Model: torchvision `resnet50` with `fc` replaced by Linear(2048, K), one output
+per target (the targets predicted jointly).  `backbone_weights`: "" (random
+init, the default), `imagenet` (torchvision's IMAGENET1K_V1 file, downloaded
+the normal way into the torch hub cache; offline, a local copy:
+`--set resnet50.backbone_weights=/path/to/resnet50-0676ba61.pth`), or a file.
+
+Recipe: the AGIQA papers' ResNet50 rows come with no official code or
+hyperparameters, so this is a plain fine-tuning recipe, chosen here and not
+taken from them: 512 x 512 resize, random 384 crops + horizontal flip, AdamW,
+weight decay 1e-4, batch 32, 30 epochs, cosine learning-rate decay, MSE in
+MOS units on min-max scaled outputs (`mos_scaling`), ImageNet mean/std, test on the whole 512 image (global average
+pooling takes any size).  Learning rate 1e-3 from random init; the `imagenet`
+variant fine-tunes at 1e-4 with the new head at x10.
+
+On the built-in `synthetic` set (96 px; see the registry): 80 px crops, batch
+16, 5 epochs.  A minute or two per repeat on a CPU: not in the default run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torchvision
+from torch import nn
+
+from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod, load_into
+
+
+def resnet50_regressor(num_outputs: int = 1, state: dict | None = None, method: str = "resnet50") -> nn.Module:
+    model = torchvision.models.resnet50(weights=None)
+    model.fc = nn.Identity()  # the ImageNet classifier is not loaded
+    if state is not None:
+        load_into(model, state, method, "backbone_weights", "torchvision's ResNet-50", drop=("fc.",))
+    model.fc = nn.Linear(2048, num_outputs)
+    return model
+
+
+class ResNet50Method(DeepIQAMethod):
+    params: ClassVar[dict[str, Any]] = {
+        **TRAIN_PARAMS,
+        "backbone_weights": "",  # "" (random) | imagenet | /path/to/resnet50-0676ba61.pth
+        "image_size": 512, "crop_size": 384, "epochs": 30, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
+        "head_lr_scale": 1.0, "weight_decay": 1e-4, "lr_schedule": "cosine", "loss": "mse",
+    }
+    weight_params: ClassVar[dict] = {"backbone_weights": RESNET50_IMAGENET}
+
+    def build(self, num_outputs: int, weights: dict) -> nn.Module:
+        return resnet50_regressor(num_outputs, weights["backbone_weights"], self.spec.name)
+
+    def is_head(self, name: str) -> bool:
+        return name.startswith("fc.")
