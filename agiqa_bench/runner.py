@@ -137,17 +137,34 @@ def plan_run(
     resolved, per_method = [], {}
     for name in names:
         spec, _ = get_spec(name)
-        if spec.needs_prompt and not ds.has_prompts:
-            raise ConfigError(f"method {name!r} scores images against their prompts, but dataset {ds.name!r} has none")
+        if spec.needs_prompt:
+            _check_prompts(name, ds)
         mine = overrides_for(name, overrides)
         config = method_params(name, mine, ds.name)
         tgts = tuple(t for t in wanted if spec.supports(t))
         if not tgts:
             raise ConfigError(f"method {name!r} supports targets {spec.targets}, none of {wanted}")
+        if split_protocol == "all-images" and spec.kind != "zero-shot":
+            raise ConfigError(
+                f"split protocol 'all-images' scores every image with no training part (the AGIQA-3k paper's protocol "
+                f"for zero-shot alignment metrics); {name!r} is trainable and needs a split: use --split-protocol grouped"
+            )
         resolved.append((name, spec, mine, config))
         per_method[name] = tgts
     splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
     return Plan(ds, splits, resolved, per_method, data_hash(ds))
+
+
+def _check_prompts(name: str, ds: Dataset) -> None:
+    """A method that reads prompts needs one for every image (an empty prompt would be scored silently)."""
+    missing = [it.id for it in ds.items if not it.prompt.strip()]
+    if len(missing) == len(ds.items):
+        raise ConfigError(f"method {name!r} scores images against their prompts, but dataset {ds.name!r} has none")
+    if missing:
+        raise ConfigError(
+            f"method {name!r} scores images against their prompts, but {len(missing)} of {len(ds.items)} items of "
+            f"{ds.name!r} have an empty prompt (first: {', '.join(missing[:3])}); fill them in or drop those rows"
+        )
 
 
 def _fit_predict(name, overrides, context, ds, split, targets):
@@ -221,7 +238,9 @@ def execute(
                                 scores = evaluate(pred[:, j], mos, lower_is_better=spec.lower_is_better)
                                 rows.append(ResultRow(target=target, status="ok", metrics=scores.as_dict(),
                                                       fit_seconds=fit_s, predict_seconds=pred_s, info=info,
-                                                      item_ids=split.test, predictions=pred[:, j], mos=mos, **base))
+                                                      item_ids=split.test, predictions=pred[:, j], mos=mos,
+                                                      item_groups=[it.group for it in test_items],
+                                                      item_generators=[it.generator for it in test_items], **base))
                         for row in rows:
                             row.info = {**row.info, "warnings": sorted({str(w.message) for w in caught})[:5]}
                         store.write(rows)

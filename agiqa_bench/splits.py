@@ -14,7 +14,14 @@ Protocols:
   AGIQA-3k: `np.random.seed(42)` once, then per fold `np.random.permutation(300)`
   over prompt indices; the first 240 are train.
 
-In both, a validation part (default 10% of the train groups, at least one) is
+- `all-images`: one "repeat" whose test part is every image and whose train
+  and validation parts are empty: how the AGIQA-3k paper scored its zero-shot
+  alignment metrics (CLIPScore, ImageReward, HPS, StairReward).  Only
+  zero-shot methods can run under it (the runner refuses trainable ones before
+  any work); numbers from it are not comparable with split-based rows and are
+  reported under their own protocol heading.
+
+In `grouped` and `ipiqa-reference`, a validation part (default 10% of the train groups, at least one) is
 carved out of train for model selection, with its own seeded generator.  The
 reference code has no validation part: pass `val_fraction=0` to get its exact
 training sets (then only the `last` or `test-oracle` model selection apply).
@@ -33,7 +40,7 @@ import numpy as np
 from agiqa_bench.errors import ConfigError, DataError
 from agiqa_bench.records import Dataset
 
-PROTOCOLS = ("grouped", "ipiqa-reference")
+PROTOCOLS = ("grouped", "ipiqa-reference", "all-images")
 FORMAT = "agiqa-bench/splits@1"
 
 
@@ -199,6 +206,12 @@ def reference_splits(dataset: Dataset, repeats: int = 10, seed: int = 42, val_fr
     return SplitSet(dataset.name, "ipiqa-reference", params, splits)
 
 
+def all_images_split(dataset: Dataset) -> SplitSet:
+    """Every image in the test part, nothing to train on (zero-shot methods only)."""
+    split = Split(0, (), (), tuple(it.id for it in dataset.items), tuple(dataset.groups))
+    return SplitSet(dataset.name, "all-images", {"repeats": 1}, [split])
+
+
 def make_splits(dataset: Dataset, protocol: str = "grouped", repeats: int = 10, seed: int | None = None,
                 val_fraction: float = 0.1, test_fraction: float = 0.2) -> SplitSet:
     """Splits of `dataset` under `protocol` (see the module docstring)."""
@@ -210,4 +223,6 @@ def make_splits(dataset: Dataset, protocol: str = "grouped", repeats: int = 10, 
         return grouped_splits(dataset, repeats, 0 if seed is None else seed, test_fraction, val_fraction)
     if protocol == "ipiqa-reference":
         return reference_splits(dataset, repeats, 42 if seed is None else seed, val_fraction)
+    if protocol == "all-images":
+        return all_images_split(dataset)
     raise ConfigError(f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")

@@ -129,3 +129,34 @@ def test_hard_kill_then_rerun_completes_without_duplicates(tiny_agiqa3k, tmp_pat
     keys = [(m, t, r) for m, t, r, _ in after]
     assert len(keys) == len(set(keys)) == 16
     assert before == [row for row in after if row in before]
+
+
+PROMPTED = BRIGHTNESS.__class__(name="prompted", factory="agiqa_test_support:Brightness", kind="zero-shot",
+                                summary="test toy reading prompts", inputs=("image", "prompt"), default_run=False)
+
+
+def test_prompt_methods_refuse_datasets_without_prompts_before_any_work(tiny_agiqa3k, tmp_path, monkeypatch):
+    import pandas as pd
+
+    register(monkeypatch, PROMPTED)
+    table = pd.read_csv(tiny_agiqa3k / "data.csv")
+    table.loc[[2, 5], "prompt"] = ""
+    table.to_csv(tiny_agiqa3k / "data.csv", index=False)
+    with pytest.raises(ConfigError, match=r"2 of 36 items .* have an empty prompt"):
+        plan_run(["prompted"], "agiqa3k", data_root=tiny_agiqa3k)
+    table["prompt"] = ""
+    table.to_csv(tiny_agiqa3k / "data.csv", index=False)
+    with pytest.raises(ConfigError, match="has none"):
+        plan_run(["prompted"], "agiqa3k", data_root=tiny_agiqa3k)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_all_images_protocol_scores_everything_for_zero_shot_only(tiny_agiqa3k, tmp_path, monkeypatch):
+    register(monkeypatch, BRIGHTNESS)
+    with pytest.raises(ConfigError, match="'brightness' is trainable and needs a split"):
+        plan_run(["cpbd", "brightness"], "agiqa3k", data_root=tiny_agiqa3k, split_protocol="all-images")
+    summary = run_benchmark(["cpbd"], "agiqa3k", data_root=tiny_agiqa3k, split_protocol="all-images",
+                            out=tmp_path / "runs")
+    frame = read_results(tmp_path / "runs")
+    assert summary.done == 2 and set(frame["n_test"]) == {36} and set(frame["n_train"]) == {0}
+    assert set(frame["split_protocol"]) == {"all-images"} and set(frame["repeat"]) == {0}

@@ -1,0 +1,237 @@
+"""HPS: Human Preference Score v1, v2 and v2.1 (CLIP fine-tuned on human choices).
+
+References:
+- HPS v1: X. Wu, K. Sun, F. Zhu, R. Zhao, H. Li, "Better aligning text-to-image
+  models with human preference", ICCV 2023 (arXiv 2303.14420); official code
+  tgxs002/align_sd (README, "Human Preference Classifier").
+- HPSv2 / v2.1: X. Wu et al., "Human Preference Score v2", arXiv 2306.09341;
+  official code tgxs002/HPSv2 (``hpsv2/img_score.py``, ``hpsv2/utils.py``,
+  its fork of open_clip), PyPI ``hpsv2``.
+Independent implementation on open_clip, no code copied.
+
+Every version scores a pair as the cosine similarity of the L2-normalised
+image and prompt features (hpsv2: ``image_features @ text_features.T`` of
+the normalised features its model returns, no logit scale, no x100; align_sd:
+the same product after normalising).  Typical values are about 0.2-0.35;
+higher = preferred / better aligned.  The prompt is encoded as it is (no
+prefix), with CLIP's BPE tokenizer at the model's context (77 tokens): longer
+prompts lose their end (see `baselines.alignment`).
+
+Versions (one registry entry each; the version is in the name):
+
+- ``hps.v2_1`` (alias ``hps``): ``HPS_v2.1_compressed.pt``, the default of
+  current hpsv2 releases.  ``hps.v2``: ``HPS_v2_compressed.pt`` (hpsv2's
+  ``hps_version="v2.0"``).  Both from the Hugging Face repo ``xswu/HPSv2``
+  (``checkpoint="hf://xswu/HPSv2/<file>"``, fetched and cached by
+  huggingface_hub), or a local file.  Architecture: open_clip ``ViT-H-14``.
+  The file is a dict whose ``"state_dict"`` holds the complete model, which
+  hpsv2 loads (strictly) over ViT-H-14 ``laion2B-s32B-b79K``; as the state
+  dict replaces every weight, the LAION base weights are not needed and not
+  downloaded here: the architecture is built empty and the checkpoint loaded
+  strictly.  Preprocessing as hpsv2's evaluation transform: image to a [0, 1]
+  tensor, shortest side resized to 224 on the tensor (bicubic), centre crop,
+  CLIP mean/std.
+- ``hps.v1``: OpenAI CLIP ViT-L/14 (open_clip ``ViT-L-14-quickgelu``) with the
+  fine-tuned ``hpc.pth``.  That checkpoint is on no model hub: the align_sd
+  README links it on OneDrive; pass the downloaded file with
+  ``--set hps.v1.checkpoint=/path/to/hpc.pth``.  Its ``"state_dict"`` has
+  OpenAI CLIP's parameter names, which open_clip's CLIP shares.
+  Preprocessing: OpenAI CLIP's (PIL bicubic resize of the shortest side,
+  centre crop, CLIP mean/std).  The README tokenises with ``clip.tokenize``
+  without ``truncate=True`` (an error on prompts over 77 tokens); here long
+  prompts are truncated like every other scorer's.
+
+Checkpoint files are read with ``torch.load(weights_only=True)`` (tensors
+only, no arbitrary pickled code).  A training checkpoint that also pickles
+other objects is refused with the command that re-saves its state dict.
+
+``checkpoint="agiqa-synth"`` loads the project's small CLIP pretrained on
+SynthAGIQA's caption corpus (with ``clip_model="agiqa-tiny-rn"``): it is
+*not* an HPS model; it only lets the HPS code path run offline (registry
+smoke tests).
+
+Deviations from the official code: open_clip 3.x instead of hpsv2's fork of
+open_clip 2.x (same architecture and parameter names); fp32 on every device
+(hpsv2 runs under CUDA autocast, i.e. fp16 matmuls on a GPU); pairs scored in
+batches (hpsv2 scores one image at a time; the result is the same).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from agiqa_bench.errors import ConfigError, MethodUnavailable
+from baselines.alignment import OpenCLIPScorer, file_identity, hub_cached, offline
+
+HPS_REPO = "xswu/HPSv2"
+HPS_V2_FILE = "HPS_v2_compressed.pt"
+HPS_V21_FILE = "HPS_v2.1_compressed.pt"
+HUB_SCHEME = "hf://"
+ALIGN_SD_README = "https://github.com/tgxs002/align_sd#human-preference-classifier"
+SYNTH_TAG = "agiqa-synth"
+
+
+def parse_hub(value: str) -> tuple[str, str]:
+    """'hf://owner/repo/file.pt' -> ('owner/repo', 'file.pt')."""
+    parts = value[len(HUB_SCHEME):].strip("/").split("/")
+    if len(parts) < 3:
+        raise ConfigError(f"hub checkpoint {value!r} must look like hf://owner/repo/filename")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _fix(method: str) -> str:
+    return f"--set {method}.checkpoint=PATH"
+
+
+def checkpoint_problem(params: dict[str, Any], method: str, version: str) -> str | None:
+    """Why the HPS checkpoint cannot be used here (None: it is here, or will be downloaded). Never downloads."""
+    value = str(params.get("checkpoint", "")).strip()
+    if not value:
+        if version == "v1":
+            return (f"{method}: the HPS v1 checkpoint hpc.pth is not on any model hub and cannot be downloaded "
+                    f"automatically. Download it from the OneDrive link in the tgxs002/align_sd README "
+                    f"({ALIGN_SD_README}) and pass it with --set {method}.checkpoint=/path/to/hpc.pth")
+        return f"{method}: no checkpoint given; pass the HPS file with {_fix(method)}"
+    if value == SYNTH_TAG:
+        from ipiqa.backbone import WEIGHTS_DIR
+
+        path = WEIGHTS_DIR / f"{params.get('clip_model', '')}-synth.pt"
+        return None if path.is_file() else (
+            f"{method}: no built-in synthetic CLIP for {params.get('clip_model')!r} ({path} is missing)")
+    if value.startswith(HUB_SCHEME):
+        repo, filename = parse_hub(value)
+        if hub_cached(repo, filename) or not offline():
+            return None
+        return (f"{method}: the HPS checkpoint {filename} (Hugging Face repo {repo}) is not in the local cache and "
+                f"the hub is offline (HF_HUB_OFFLINE). Download it elsewhere (https://huggingface.co/{repo}) and "
+                f"pass the file with {_fix(method)}")
+    path = Path(value).expanduser()
+    if path.is_file():
+        return None
+    return f"{method}: HPS checkpoint file not found: {path}. Pass the right file with {_fix(method)}"
+
+
+def checkpoint_available(params: dict[str, Any]) -> bool:
+    """For `agiqa-bench methods`: is the checkpoint here (a file, or already in the hub cache)? Never downloads."""
+    value = str(params.get("checkpoint", "")).strip()
+    if not value:
+        return False
+    if value.startswith(HUB_SCHEME):
+        return hub_cached(*parse_hub(value)) is not None
+    return checkpoint_problem(params, "hps", "") is None
+
+
+def read_state_dict(path: str | Path, method: str) -> dict:
+    """The model state dict of an HPS checkpoint: ``{"state_dict": ...}`` (hpsv2, align_sd) or a bare one."""
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MethodUnavailable(
+            f"{method}: {path} holds pickled objects besides tensors and is not loaded (pickles can run code). "
+            f"If you trust the file, re-save its weights once: python -c \"import torch; "
+            f"torch.save(torch.load('{path}', weights_only=False)['state_dict'], 'hps_state.pt')\" and pass "
+            f"hps_state.pt with {_fix(method)}") from None
+    except Exception as exc:
+        raise MethodUnavailable(f"{method}: cannot read HPS checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise MethodUnavailable(f"{method}: {path} is not a state dict (nor a dict with a 'state_dict' entry)")
+    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_hps_model(clip_model: str, path: str | Path, method: str):
+    """open_clip `clip_model` with every weight from the checkpoint (strict: a partial file is an error)."""
+    import open_clip
+    import torch
+
+    from ipiqa.backbone import _register_configs
+
+    _register_configs()
+    if clip_model not in open_clip.list_models():
+        raise ConfigError(f"{method}: unknown open_clip architecture {clip_model!r}")
+    model = open_clip.create_model(clip_model, pretrained=None)
+    state = read_state_dict(path, method)
+    scale = state.get("logit_scale")
+    if isinstance(scale, torch.Tensor) and scale.ndim != model.logit_scale.ndim:
+        state["logit_scale"] = scale.reshape(model.logit_scale.shape)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MethodUnavailable(
+            f"{method}: checkpoint {path} does not fit architecture {clip_model!r} "
+            f"(set {method}.clip_model to the model it was trained from): {str(exc)[:400]}") from None
+    return model
+
+
+class HPS(OpenCLIPScorer):
+    """HPS v2.1: cos(image, prompt) of the ViT-H-14 fine-tuned on HPDv2 (v2.1 checkpoint)."""
+
+    version: ClassVar[str] = "v2.1"
+    params: ClassVar[dict[str, Any]] = {
+        "clip_model": "ViT-H-14",
+        "checkpoint": f"{HUB_SCHEME}{HPS_REPO}/{HPS_V21_FILE}",
+        "batch_size": 16,
+    }
+    family: ClassVar[str] = "hps"
+    resize_on: ClassVar[str] = "tensor"  # hpsv2's evaluation transform resizes the tensor
+
+    def weights_problem(self) -> str | None:
+        return checkpoint_problem(self.config, self.spec.name, self.version)
+
+    def checkpoint_path(self) -> str:
+        """A local file for the checkpoint (downloads and caches a hub file on first use)."""
+        value = str(self.config["checkpoint"]).strip()
+        if value == SYNTH_TAG:
+            from ipiqa.backbone import WEIGHTS_DIR
+
+            return str(WEIGHTS_DIR / f"{self.config['clip_model']}-synth.pt")
+        if not value.startswith(HUB_SCHEME):
+            return str(Path(value).expanduser())
+        repo, filename = parse_hub(value)
+        cached = hub_cached(repo, filename)
+        if cached:
+            return cached
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return hf_hub_download(repo, filename)
+        except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
+            raise MethodUnavailable(
+                f"{self.spec.name}: could not download {filename} from the Hugging Face repo {repo} "
+                f"({type(exc).__name__}). Download it elsewhere (https://huggingface.co/{repo}) and pass the "
+                f"file with {_fix(self.spec.name)}") from None
+
+    def weights_identity(self) -> dict[str, Any]:
+        value = str(self.config["checkpoint"]).strip()
+        ident: dict[str, Any] = {"hps_version": self.version, "clip_model": self.config["clip_model"],
+                                 "checkpoint": value, "resize_on": self.resize_on}
+        if not value.startswith(HUB_SCHEME):
+            ident["file"] = file_identity(self.checkpoint_path())
+        return ident
+
+    def load_model(self):
+        model = load_hps_model(self.config["clip_model"], self.checkpoint_path(), self.spec.name)
+        model.requires_grad_(False)
+        return model.float().eval().to(self.context.device)
+
+
+class HPSv2(HPS):
+    """HPS v2 (hpsv2's "v2.0"): the first HPDv2 checkpoint."""
+
+    version: ClassVar[str] = "v2.0"
+    params: ClassVar[dict[str, Any]] = {**HPS.params, "checkpoint": f"{HUB_SCHEME}{HPS_REPO}/{HPS_V2_FILE}"}
+
+
+class HPSv1(HPS):
+    """HPS v1: OpenAI CLIP ViT-L/14 fine-tuned on the Discord preference data (hpc.pth, local file only)."""
+
+    version: ClassVar[str] = "v1"
+    params: ClassVar[dict[str, Any]] = {"clip_model": "ViT-L-14-quickgelu", "checkpoint": "", "batch_size": 16}
+    resize_on: ClassVar[str] = "pil"  # OpenAI CLIP's preprocess

@@ -1,0 +1,277 @@
+"""PickScore v1: a CLIP ViT-H/14 fine-tuned on Pick-a-Pic preferences.
+
+Reference: Y. Kirstain, A. Polyak, U. Singer, S. Matiana, J. Penna, O. Levy,
+"Pick-a-Pic: An open dataset of user preferences for text-to-image
+generation", NeurIPS 2023; official code yuvalkirstain/PickScore (README,
+"Inference with PickScore").  Independent implementation on transformers'
+CLIP classes, no code copied.
+
+As the README computes it:
+
+- Model ``yuvalkirstain/PickScore_v1`` (a transformers ``CLIPModel``);
+  processor ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (CLIP BPE tokenizer and
+  CLIP image processor: shortest side to 224, bicubic, centre crop, CLIP
+  mean/std).  Both are fetched and cached by transformers on first use, or
+  given as local folders (``model``, ``processor``).
+- Text tokenised with ``padding=True, truncation=True`` at the model's own
+  context (77 tokens for PickScore; ``max_length=77`` in the README): longer
+  prompts lose their end (see `baselines.alignment`).
+- Score = ``logit_scale.exp() * cos(image, prompt)`` of the L2-normalised
+  projected features (the README's ``scores`` before its softmax over a
+  prompt's images).  PickScore's logit scale is 100, so scores are about
+  15-25; higher = preferred / better aligned.
+- Images go through the PIL image processor, the one transformers 4.27 (the
+  README's version) used; transformers 5 would pick a torchvision one.
+
+Two settings exist for offline tests only:
+
+- ``processor="clip-bpe"``: a processor built without any download: the CLIP
+  BPE tokenizer from the vocabulary that ships with open_clip (the
+  vocabulary and merges of OpenAI's and LAION's CLIP tokenizers) and CLIP's
+  image processor at the model's input size.  Not checked here against the
+  LAION processor files (no hub access).
+- ``model="random-tiny"``: a randomly initialised two-layer CLIP (64 px, 32
+  tokens, seeded by the run's seed).  Its scores are meaningless; it only
+  runs the PickScore code path offline (registry smoke tests).
+
+A zero-shot metric: the same score is predicted for every target.
+
+Deviations from the README: fp32 on every device; pairs scored in batches
+with the distinct prompts of a batch padded together (CLIP's text encoder is
+causal and pools at the end-of-text token, so padding does not change a
+prompt's features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agiqa_bench.errors import MethodUnavailable
+from agiqa_bench.records import Item
+from baselines.alignment import AlignmentScorer, cosine, file_identity, hub_cached, load_pil, offline, unique_texts
+
+PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
+PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+RANDOM_TINY = "random-tiny"
+OFFLINE_PROCESSOR = "clip-bpe"
+MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+#: the image processor's settings: its own file (the LAION repo, transformers 4) or nested in
+#: processor_config.json (what transformers 5 saves)
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+def _is_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).expanduser().exists()
+
+
+def _hub_problem(value: str, what: str, needed: Sequence[Sequence[str]], method: str, param: str) -> str | None:
+    """None when `value` (a local folder or hub repo) has a file of each group in `needed`."""
+    fix = f"--set {method}.{param}=PATH"
+    if _is_local(value):
+        folder = Path(value).expanduser()
+        missing = [group[0] for group in needed if not any((folder / f).is_file() for f in group)]
+        if folder.is_dir() and not missing:
+            return None
+        what_is_wrong = "not found" if not folder.is_dir() else f"lacks {', '.join(missing)}"
+        return f"{method}: {what} folder {folder} {what_is_wrong}. Pass a folder saved with save_pretrained with {fix}"
+    if not offline() or all(any(hub_cached(value, f) for f in group) for group in needed):
+        return None
+    return (f"{method}: {what} {value!r} is not in the local Hugging Face cache and the hub is offline "
+            f"(HF_HUB_OFFLINE). Download it elsewhere (https://huggingface.co/{value}, e.g. with "
+            f"`huggingface-cli download {value}`) and pass the folder with {fix}")
+
+
+def model_problem(params: dict[str, Any], method: str = "pickscore") -> str | None:
+    value = str(params.get("model", PICKSCORE_MODEL)).strip()
+    if value == RANDOM_TINY:
+        return None
+    return _hub_problem(value, "PickScore model", [("config.json",), MODEL_FILES], method, "model")
+
+
+def processor_problem(params: dict[str, Any], method: str = "pickscore") -> str | None:
+    value = str(params.get("processor", PICKSCORE_PROCESSOR)).strip()
+    if value == OFFLINE_PROCESSOR:
+        return None
+    return _hub_problem(value, "CLIP processor", [PROCESSOR_FILES, TOKENIZER_FILES], method, "processor")
+
+
+def model_available(params: dict[str, Any]) -> bool:
+    """For `agiqa-bench methods`: model weights present (local folder or already cached)? Never downloads."""
+    value = str(params.get("model", PICKSCORE_MODEL)).strip()
+    if value == RANDOM_TINY:
+        return True
+    if _is_local(value):
+        return model_problem(params) is None
+    return hub_cached(value, "config.json") is not None and any(hub_cached(value, f) for f in MODEL_FILES)
+
+
+def processor_available(params: dict[str, Any]) -> bool:
+    """For `agiqa-bench methods`: processor files present? Never downloads."""
+    value = str(params.get("processor", PICKSCORE_PROCESSOR)).strip()
+    if value == OFFLINE_PROCESSOR:
+        return True
+    if _is_local(value):
+        return processor_problem(params) is None
+    return any(hub_cached(value, f) for f in PROCESSOR_FILES) and any(hub_cached(value, f) for f in TOKENIZER_FILES)
+
+
+# -- offline pieces ------------------------------------------------------------------------------
+def clip_bpe_tokenizer(context_length: int = 77):
+    """transformers' CLIPTokenizer built from open_clip's shipped BPE vocabulary (no download)."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import CLIPTokenizer
+
+    bpe = SimpleTokenizer()
+    # open_clip spells the special tokens <start_of_text>/<end_of_text>; OpenAI's and HF's vocabularies
+    # use <|startoftext|>/<|endoftext|> for the same ids (49406, 49407)
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {rename.get(token, token): idx for token, idx in bpe.encoder.items()}
+    merges = [pair for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda kv: kv[1])]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
+
+
+def clip_image_processor(size: int = 224, from_pretrained: str | None = None):
+    """CLIP's image processor on the PIL backend (the README-era behaviour), defaults or from a folder/repo."""
+    try:
+        from transformers import CLIPImageProcessorPil as Processor  # transformers >= 5
+    except ImportError:  # transformers 4.x: the PIL processor is the plain class
+        from transformers import CLIPImageProcessor as Processor
+    if from_pretrained:
+        return Processor.from_pretrained(from_pretrained)
+    return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def tiny_config():
+    """The CLIPConfig of `random_tiny_model`: two layers, 64 px, 32-token context."""
+    from transformers import CLIPConfig
+
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=32, eos_token_id=49407, bos_token_id=49406, pad_token_id=49407)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+                  patch_size=16)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)
+
+
+def random_tiny_model(seed: int):
+    """A randomly initialised tiny CLIPModel (`tiny_config`), seeded: for offline smoke tests only."""
+    import torch
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    return CLIPModel(tiny_config())
+
+
+class PickScore(AlignmentScorer):
+    """PickScore v1: logit_scale * cos(image, prompt) of the Pick-a-Pic fine-tuned CLIP ViT-H/14."""
+
+    params: ClassVar[dict[str, Any]] = {
+        "model": PICKSCORE_MODEL,
+        "processor": PICKSCORE_PROCESSOR,
+        "batch_size": 16,
+    }
+    family: ClassVar[str] = "pickscore"
+
+    def __init__(self, spec, config=None, context=None):
+        super().__init__(spec, config, context)
+        self._processor = None
+        self._text_context: int | None = None
+
+    # -- weights -------------------------------------------------------------------------------
+    def weights_problem(self) -> str | None:
+        return model_problem(self.config, self.spec.name) or processor_problem(self.config, self.spec.name)
+
+    def weights_identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {}
+        for key in ("model", "processor"):
+            value = str(self.config[key]).strip()
+            ident[key] = value
+            if _is_local(value):
+                folder = Path(value).expanduser()
+                ident[f"{key}_files"] = {p.name: file_identity(p) for p in sorted(folder.glob("*")) if p.is_file()}
+        if ident["model"] == RANDOM_TINY:
+            ident["random_init_seed"] = self.context.seed
+        return ident
+
+    def _from_pretrained(self, loader, value: str, what: str, param: str):
+        try:
+            return loader(value)
+        except Exception as exc:  # hub and file errors come in many types
+            raise MethodUnavailable(
+                f"{self.spec.name}: could not load the {what} {value!r} ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). With internet access transformers "
+                f"downloads and caches it on first use; offline, pass a local folder with "
+                f"--set {self.spec.name}.{param}=PATH") from None
+
+    def load_model(self):
+        value = str(self.config["model"]).strip()
+        if value == RANDOM_TINY:
+            model = random_tiny_model(self.context.seed)
+        else:
+            from transformers import CLIPModel
+
+            model = self._from_pretrained(CLIPModel.from_pretrained, value, "PickScore model", "model")
+        model.requires_grad_(False)
+        return model.float().eval().to(self.context.device)
+
+    def config_of_model(self):
+        """The model's CLIPConfig (config.json only; no weights loaded)."""
+        value = str(self.config["model"]).strip()
+        if value == RANDOM_TINY:
+            return tiny_config()
+        from transformers import CLIPConfig
+
+        return self._from_pretrained(CLIPConfig.from_pretrained, value, "PickScore model", "model")
+
+    def context_length(self) -> int:
+        """The text encoder's own context: its number of position embeddings (77 for PickScore)."""
+        if self._text_context is None:
+            self._text_context = int(self.config_of_model().text_config.max_position_embeddings)
+        return self._text_context
+
+    # -- processor -----------------------------------------------------------------------------
+    def processor(self):
+        """(tokenizer, image processor), loaded once."""
+        if self._processor is None:
+            value = str(self.config["processor"]).strip()
+            if value == OFFLINE_PROCESSOR:
+                size = int(self.config_of_model().vision_config.image_size)
+                self._processor = (clip_bpe_tokenizer(self.context_length()), clip_image_processor(size))
+            else:
+                from transformers import AutoTokenizer
+
+                tok = self._from_pretrained(AutoTokenizer.from_pretrained, value, "CLIP processor", "processor")
+                img = self._from_pretrained(lambda v: clip_image_processor(from_pretrained=v), value,
+                                            "CLIP processor", "processor")
+                self._processor = (tok, img)
+        return self._processor
+
+    def token_counts(self, captions: Sequence[str]) -> list[int]:
+        tok, _ = self.processor()
+        return [len(ids) for ids in tok(list(captions), truncation=False)["input_ids"]]
+
+    # -- scoring -------------------------------------------------------------------------------
+    def score_batch(self, model: Any, items: Sequence[Item], captions: Sequence[str]) -> np.ndarray:
+        import torch
+
+        tok, img_proc = self.processor()
+        device = self.context.device
+        texts, index = unique_texts(captions)
+        pixels = img_proc(images=[load_pil(it) for it in items], return_tensors="pt")["pixel_values"]
+        text = tok(texts, padding=True, truncation=True, max_length=self.context_length(), return_tensors="pt")
+        with torch.no_grad():
+            img = _features(model.get_image_features(pixel_values=pixels.to(device)))
+            txt = _features(model.get_text_features(input_ids=text["input_ids"].to(device),
+                                                    attention_mask=text["attention_mask"].to(device)))
+            cos = cosine(img.float(), txt.float()[torch.as_tensor(index, device=txt.device)])
+            scores = model.logit_scale.exp().float() * cos
+        return scores.cpu().numpy().astype(np.float64)
+
+
+def _features(out):
+    """Projected features from get_*_features (a tensor in transformers 4, an output object in 5)."""
+    return out if hasattr(out, "norm") else out.pooler_output
