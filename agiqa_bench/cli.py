@@ -80,7 +80,7 @@ def run(
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
-    split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups) or ipiqa-reference (the IP-IQA code's folds)."),
+    split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups), ipiqa-reference (the IP-IQA code's folds) or all-images (zero-shot methods on every image, no split: the AGIQA-3k paper's protocol for alignment metrics)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder (results.sqlite, splits, caches)."),
@@ -189,6 +189,8 @@ def _print_summary(out: Path, plan) -> None:
     frame = frame[(frame["data_hash"] == plan.data_hash) & frame["split_hash"].isin(hashes)]
     frame = frame[frame["method"].isin([m[0] for m in plan.methods])]
     summary = summarize(frame)
+    if summary.empty:
+        return  # nothing finished (the failures were listed above)
     table = Table(title=f"{plan.dataset.name}: mean over repeats (test parts)")
     for col in ("method", "target", "repeats", "SRCC", "PLCC", "KRCC"):
         table.add_column(col, justify="left" if col in ("method", "target") else "right")
@@ -202,19 +204,64 @@ def _print_summary(out: Path, plan) -> None:
 @friendly
 def report(
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder of `agiqa-bench run`."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Where to write the markdown (default: OUT/leaderboard.md)."),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, html (one self-contained file), csv or json."),
+    output: Optional[Path] = typer.Option(None, "--output", help="File to write (default: OUT/leaderboard.<ext>)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Prompt-cluster bootstrap replicates for the 95% intervals (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Level of the tests against the best method."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (PNG next to the report)."),
 ):
-    """Write the markdown leaderboard (mean ± std over repeats, best in bold) and print it."""
-    from leaderboard import render_markdown
-    from agiqa_bench.store import read_results
+    """Leaderboard: the paper's three table layouts, intervals, tests against the best, figures, provenance."""
+    from leaderboard.figures import write_figures
+    from leaderboard.report import build_report
 
-    frame = read_results(out, status=None)
-    text = render_markdown(frame)
-    target = output or (out / "leaderboard.md")
+    suffixes = {"markdown": "md", "html": "html", "csv": "csv", "json": "json"}
+    if fmt not in suffixes:
+        raise ConfigError(f"--format must be one of {', '.join(suffixes)}, not {fmt!r}")
+    result = build_report(out, n_boot=bootstrap, seed=seed, alpha=alpha)
+    target = output or (out / f"leaderboard.{suffixes[fmt]}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text + "\n")
-    print(text)
-    err_console.print(f"written to {target}")
+    if figures and fmt in ("markdown", "html"):
+        write_figures(result, target.parent / "figures")
+    text = {"markdown": lambda: result.to_markdown(target.parent), "html": result.to_html,
+            "csv": result.to_csv, "json": result.to_json}[fmt]()
+    target.write_text(text + ("\n" if not text.endswith("\n") else ""))
+    if fmt == "markdown":
+        print(text)
+    err_console.print(f"written to {target}" + (f" ({len(result.figures)} figure(s) in {target.parent / 'figures'})"
+                                                  if result.figures else ""))
+
+
+@app.command()
+@friendly
+def compare(
+    method_a: str = typer.Argument(..., help="First method (as labelled in the store, e.g. ipiqa)."),
+    method_b: str = typer.Argument(..., help="Second method."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder of `agiqa-bench run`."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only this dataset."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Only this target."),
+    metric: str = typer.Option("srcc", "--metric", help="srcc, plcc or krcc."),
+):
+    """Paired comparison of two methods on identical splits: per-repeat differences and tests."""
+    from agiqa_bench.store import read_results
+    from leaderboard.compare import compare_methods
+
+    frame = read_results(out)
+    results = compare_methods(frame, method_a, method_b, metric, dataset=dataset, target=target)
+    for block, comp in results:
+        table = Table(title=f"{method_a} vs {method_b}: {block}")
+        for col in ("repeat", method_a, method_b, "difference"):
+            table.add_column(col, justify="right")
+        for repeat, a, b in comp.rows:
+            table.add_row(str(repeat), f"{a:.4f}", f"{b:.4f}", f"{a - b:+.4f}")
+        console.print(table)
+        c = comp.result
+        console.print(
+            f"{metric.upper()} mean difference {c.mean_difference:+.4f} over {len(c.differences)} shared repeats "
+            f"({method_a} better in {c.wins}); Wilcoxon signed-rank p = {c.wilcoxon_p:.4g}; "
+            f"Nadeau-Bengio corrected t = {c.nb_t:.3f}, p = {c.nb_p:.4g} (n_train {c.n_train:.0f}, n_test {c.n_test:.0f})",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -250,36 +297,50 @@ def score(
 
 @app.command()
 @friendly
-def methods(pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'.")):
-    """List registered methods: kind, inputs, targets, weights needed and whether they are here."""
+def methods(
+    pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'."),
+    details: bool = typer.Option(False, "--details", help="Every method's summary, reference, weights and where to get them."),
+):
+    """List registered methods: kind, family, inputs, variants, weights needed and whether they are here."""
     from agiqa_bench.registry import all_specs, list_methods, method_params, weights_status
 
     names = set(list_methods(pattern))
-    table = Table(title="methods")
-    for col in ("name", "kind", "inputs", "targets", "variants", "weights", "notes"):
-        table.add_column(col)
-    for spec in all_specs():
-        if spec.name not in names and not any(f"{spec.name}.{v}" in names for v in spec.variants):
-            continue
-        weights = []
+    chosen = [spec for spec in all_specs()
+              if spec.name in names or any(f"{spec.name}.{v}" in names for v in spec.variants)]
+    details = details or len(chosen) == 1
+    table = Table(title="methods (weights: ✓ here, ✗ missing, ? unknown; `--details` says where to get them)")
+    for col in ("method", "kind", "family", "prompt", "variants / aliases", "weights", "default"):
+        table.add_column(col, no_wrap=col in ("method", "kind", "family", "prompt", "default"))
+    approximations = []
+    for spec in chosen:
+        marks = []
         for w, ok in weights_status(spec, method_params(spec.name)):
-            mark = {True: "[green]available[/]", False: "[red]missing[/]", None: "unknown"}[ok]
-            if spec.dataset_defaults.get("synthetic", {}).get(w.param) == "":
-                mark += " (synthetic: built-in)"
-            weights.append(f"{w.name} ({w.param}): {mark}")
-        notes = []
-        if spec.aliases:
-            notes.append("alias " + ", ".join(spec.aliases))
+            mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "?"}[ok]
+            synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
+            marks.append(f"{mark} {w.param}" + (f" (synthetic: {synth or 'random init'})" if ok is False and synth is not None else ""))
+        label = spec.name
         if spec.approximation:
-            notes.append("[yellow]approximation[/]: " + spec.approximation)
-        if not spec.default_run:
-            notes.append("not in the default run")
-        table.add_row(
-            spec.name, spec.kind, "+".join(spec.inputs), ", ".join(spec.targets or ("any",)),
-            "\n".join(f"{spec.name}.{v}" for v in spec.variants) or "—",
-            "\n".join(weights) or "none", "; ".join(notes),
-        )
+            label += " [yellow]≈[/]"
+            approximations.append(spec)
+        runs = "yes" if spec.default_run else "no"
+        if spec.default_run and spec.default_variants:
+            runs = " ".join(f".{v}" for v in spec.default_variants)
+        variants = [f".{v}" for v in spec.variants] + [f"alias {a}" for a in spec.aliases]
+        table.add_row(label, spec.kind, spec.family or "other", "yes" if spec.needs_prompt else "",
+                      " ".join(variants) or "—", "\n".join(marks) or "none", runs)
     console.print(table)
+    for spec in approximations:
+        console.print(f"[yellow]≈ {spec.name} is an approximation[/]: {spec.approximation}.", highlight=False)
+    if details:
+        for spec in chosen:
+            console.print(f"\n[bold]{spec.name}[/] ({spec.kind}, {spec.family or 'other'}): {spec.summary}", highlight=False)
+            if spec.reference:
+                console.print(f"  reference: {spec.reference}", highlight=False)
+            if spec.targets:
+                console.print(f"  targets: {', '.join(spec.targets)}", highlight=False)
+            for w, ok in weights_status(spec, method_params(spec.name)):
+                state = {True: "available", False: "missing", None: "unknown"}[ok]
+                console.print(f"  weights: {w.name} [{w.param}] — {state}; {w.hint}", highlight=False)
 
 
 @app.command()

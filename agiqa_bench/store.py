@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     item_id TEXT NOT NULL,
     prediction REAL NOT NULL,
     mos REAL NOT NULL,
+    item_group TEXT,
+    generator TEXT,
     PRIMARY KEY (result_id, item_id)
 );
 """
@@ -87,6 +89,8 @@ class ResultRow:
     item_ids: Sequence[str] = ()
     predictions: np.ndarray | None = None
     mos: np.ndarray | None = None
+    item_groups: Sequence[str] = ()  # the split unit of each test item (for the cluster bootstrap)
+    item_generators: Sequence[str] = ()  # the model that made each test image ("" if unknown)
 
     def key(self) -> tuple:
         return tuple(getattr(self, f) for f in KEY_FIELDS)
@@ -110,7 +114,15 @@ class ResultStore:
         self._conn.execute("PRAGMA foreign_keys = ON")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.executescript(SCHEMA)
+        self._migrate()
         self._conn.commit()
+
+    def _migrate(self) -> None:
+        """Stores written before per-item groups and generators were kept get the columns (NULL)."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
+        for column in ("item_group", "generator"):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -147,9 +159,14 @@ class ResultStore:
                 )
                 if row.predictions is not None:
                     rid = cur.lastrowid
+                    n = len(row.item_ids)
+                    groups = list(row.item_groups) or [None] * n
+                    generators = list(row.item_generators) or [None] * n
                     self._conn.executemany(
-                        "INSERT INTO predictions (result_id, item_id, prediction, mos) VALUES (?,?,?,?)",
-                        [(rid, i, float(p), float(m)) for i, p, m in zip(row.item_ids, row.predictions, row.mos)],
+                        "INSERT INTO predictions (result_id, item_id, prediction, mos, item_group, generator)"
+                        " VALUES (?,?,?,?,?,?)",
+                        [(rid, i, float(p), float(m), g, gen)
+                         for i, p, m, g, gen in zip(row.item_ids, row.predictions, row.mos, groups, generators)],
                     )
 
     # -- reading --------------------------------------------------------------------
@@ -173,21 +190,39 @@ class ResultStore:
             frame = pd.DataFrame(cur.fetchall(), columns=cols)
         return frame
 
-    def predictions(self, result_id: int):
+    def predictions(self, result_id: int | None = None):
+        """Per-item predictions of one result row, or of every row (with `result_id` as a column)."""
         import pandas as pd
 
-        cur = self._conn.execute(
-            "SELECT item_id, prediction, mos FROM predictions WHERE result_id = ? ORDER BY rowid", (result_id,)
-        )
-        return pd.DataFrame(cur.fetchall(), columns=["item_id", "prediction", "mos"])
+        columns = ["result_id", "item_id", "prediction", "mos", "item_group", "generator"]
+        query = f"SELECT {', '.join(columns)} FROM predictions"
+        params: tuple = ()
+        if result_id is not None:
+            query += " WHERE result_id = ?"
+            params = (result_id,)
+        cur = self._conn.execute(query + " ORDER BY result_id, rowid", params)
+        frame = pd.DataFrame(cur.fetchall(), columns=columns)
+        return frame.drop(columns="result_id") if result_id is not None else frame
 
 
-def read_results(folder: str | Path = "runs", status: str | None = "ok"):
-    """Results of an output folder as a DataFrame (only successful rows by default)."""
+def _existing(folder: str | Path) -> Path:
     path = Path(folder) / DB_NAME
     if not path.exists():
         from agiqa_bench.errors import DataError
 
         raise DataError(f"no results store at {path}; run `agiqa-bench run --out {folder}` first")
+    return path
+
+
+def read_results(folder: str | Path = "runs", status: str | None = "ok"):
+    """Results of an output folder as a DataFrame (only successful rows by default)."""
+    _existing(folder)
     with ResultStore(folder) as store:
         return store.frame(status)
+
+
+def read_predictions(folder: str | Path = "runs"):
+    """Every stored per-item prediction, with the `result_id` of its result row."""
+    _existing(folder)
+    with ResultStore(folder) as store:
+        return store.predictions()

@@ -1,6 +1,11 @@
-"""Tables built from the results store (markdown leaderboard)."""
+"""Reports built from the results store: statistics, paper-layout tables, figures.
+
+Data flows one way: `agiqa_bench.store` rows -> `aggregate.summarize` (per
+method and block) -> `report.build_report` (intervals, tests) -> tables,
+figures and the markdown / HTML / CSV / JSON renderers.
+"""
 
 from leaderboard.aggregate import summarize
-from leaderboard.markdown import render_markdown
+from leaderboard.report import Report, build_report
 
-__all__ = ["summarize", "render_markdown"]
+__all__ = ["summarize", "Report", "build_report"]

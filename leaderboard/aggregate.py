@@ -1,4 +1,4 @@
-"""Aggregate stored rows over repeats: mean, std and count per method and target."""
+"""Aggregate stored rows over repeats: mean, std, median and count per method and target."""
 
 from __future__ import annotations
 
@@ -29,6 +29,27 @@ def method_label(method: str, overrides_json: str, config_json: str = "{}") -> s
     return label
 
 
+def method_family(method: str) -> str:
+    """The registry's table family of a method ("" for an unknown / uninstalled plugin)."""
+    from agiqa_bench.errors import ConfigError
+    from agiqa_bench.registry import get_spec
+
+    try:
+        return get_spec(method)[0].family
+    except ConfigError:
+        return ""
+
+
+def lower_is_better(method: str) -> bool:
+    from agiqa_bench.errors import ConfigError
+    from agiqa_bench.registry import get_spec
+
+    try:
+        return get_spec(method)[0].lower_is_better
+    except ConfigError:
+        return False
+
+
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, protocol, target, method config) with mean/std/n of each metric.
 
@@ -38,20 +59,28 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
-        return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "n"])
+        return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "family", "n"])
     ok["label"] = [method_label(m, o, c) for m, o, c in zip(ok["method"], ok["overrides_json"], ok["config_json"])]
+    families = {m: method_family(m) for m in ok["method"].unique()}
+    flipped = {m: lower_is_better(m) for m in ok["method"].unique()}
     rows = []
     for key, part in ok.groupby(GROUP_COLUMNS, sort=False):
         row = dict(zip(GROUP_COLUMNS, key))
         row["label"] = part["label"].iloc[0]
+        row["family"] = families[row["method"]]
+        row["lower_is_better"] = flipped[row["method"]]
         row["config_json"] = part["config_json"].iloc[0]
         row["n"] = int(part["repeat"].nunique())
         row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))
         row["split_hashes"] = ",".join(part.sort_values("repeat")["split_hash"])
+        row["result_ids"] = ",".join(str(i) for i in part.sort_values("repeat")["id"])
+        row["n_train_mean"] = float(part["n_train"].mean())
+        row["n_test_mean"] = float(part["n_test"].mean())
         for metric in METRIC_COLUMNS:
             values = part[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()
             row[f"{metric}_std"] = values.std(ddof=1) if values.count() > 1 else float("nan")
+            row[f"{metric}_median"] = values.median()
             row[f"{metric}_n_nan"] = int(values.isna().sum())
         rows.append(row)
     return pd.DataFrame(rows)

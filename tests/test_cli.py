@@ -18,10 +18,17 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_methods_and_datasets_listings():
+def test_methods_and_datasets_listings(monkeypatch):
+    from agiqa_bench.console import console
+
+    monkeypatch.setattr(console, "width", 160)  # a wide terminal: cells are not wrapped
     result = invoke("methods")
     assert result.exit_code == 0, result.output
-    assert "cpbd" in result.output and "ceiq.grid" in result.output and "dsiqa" in result.output
+    listing = result.output
+    assert "cpbd" in listing and ".grid" in listing and "alias dsiqa" in listing
+    assert "sisblim.approx is an approximation" in listing.replace("\n", " ")
+    result = invoke("methods", "niqe")  # one method: the details too
+    assert "niqe.params=PATH" in result.output and "pretrain niqe" in result.output
     result = invoke("datasets")
     assert result.exit_code == 0 and "agiqa1k" in result.output and "synthetic" in result.output
 
@@ -39,7 +46,7 @@ def test_run_then_report_on_agiqa3k_folder(tiny_agiqa3k, tmp_path):
     assert result.exit_code == 0, result.output
     text = (out / "leaderboard.md").read_text()
     assert "| cpbd |" in text and "| ceiq |" in text
-    assert "quality SRCC" in text and "alignment SRCC" in text and "**" in text
+    assert "agiqa3k / quality" in text and "agiqa3k / alignment" in text and "**" in text
 
 
 def test_splits_export_reproduces_reference_folds(tmp_path):
@@ -86,7 +93,7 @@ def test_default_run_on_builtin_synthetic_then_report(tmp_path):
     assert report.exit_code == 0
     for method in ("cpbd", "ceiq"):
         assert f"| {method} |" in report.output
-    assert "overall SRCC" in report.output
+    assert "synthetic / overall" in report.output
 
 
 def test_synth_command_then_run_on_that_folder(tmp_path):

@@ -1,0 +1,152 @@
+"""Figures of a report, written as PNG (matplotlib, no display needed).
+
+Per (dataset, split family, target) block:
+- ``srcc-*.png``: SRCC per method, mean over repeats with the 95% bootstrap
+  interval as error bars (the sample std when no interval was computed);
+- ``scatter-*.png``: predicted score vs MOS per method on one split (the first
+  repeat every method has), with the 4-parameter logistic fitted on that split
+  drawn over it (the curve behind "PLCC (logistic)");
+- ``generators-*.png``: SRCC within each generator per method (mean over
+  repeats), for datasets whose items name their generator.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agiqa_bench.metrics import fit_logistic4, logistic4
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def srcc_bars(block: pd.DataFrame, title: str, path: Path) -> Path:
+    plt = _pyplot()
+    block = block.sort_values("srcc_mean", na_position="first")
+    means = block["srcc_mean"].to_numpy(float)
+    low = block.get("srcc_ci_low", pd.Series(np.nan, index=block.index)).to_numpy(float)
+    high = block.get("srcc_ci_high", pd.Series(np.nan, index=block.index)).to_numpy(float)
+    std = block["srcc_std"].fillna(0).to_numpy(float)
+    have_ci = np.isfinite(low) & np.isfinite(high)
+    err = np.where(have_ci, np.vstack([means - low, high - means]), np.vstack([std, std]))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(block) + 1.4))
+    colours = ["#c44e52" if b else "#4c72b0" for b in block.get("is_best", pd.Series(False, index=block.index))]
+    ax.barh(block["label"], np.nan_to_num(means), xerr=np.nan_to_num(np.abs(err)), color=colours, capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("SRCC (mean over repeats; bars: 95% cluster-bootstrap CI, or ± std)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def scatter_grid(block: pd.DataFrame, preds: pd.DataFrame, ok: pd.DataFrame, title: str, path: Path) -> Path | None:
+    plt = _pyplot()
+    per_method = []
+    for line in block.sort_values("srcc_mean", ascending=False).itertuples():
+        ids = [int(i) for i in str(line.result_ids).split(",") if i]
+        rows = ok[ok["id"].isin(ids)].sort_values("repeat")
+        if rows.empty:
+            continue
+        first = rows.iloc[0]
+        items = preds[preds["result_id"] == int(first["id"])]
+        if len(items) >= 3:
+            per_method.append((line.label, int(first["repeat"]), items, bool(line.lower_is_better)))
+    if not per_method:
+        return None
+    cols = min(4, len(per_method))
+    nrows = math.ceil(len(per_method) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.9 * nrows), squeeze=False)
+    for ax, (label, repeat, items, flip) in zip(axes.ravel(), per_method):
+        x = items["prediction"].to_numpy(float) * (-1 if flip else 1)
+        y = items["mos"].to_numpy(float)
+        ax.scatter(x, y, s=7, alpha=0.6)
+        params = fit_logistic4(x, y) if np.ptp(x) > 0 else None
+        if params is not None:
+            grid = np.linspace(x.min(), x.max(), 200)
+            ax.plot(grid, logistic4(grid, *params), color="#c44e52", linewidth=1.5)
+        ax.set_title(f"{label} (repeat {repeat})", fontsize=8)
+        ax.set_xlabel("-score" if flip else "score", fontsize=7)
+        ax.set_ylabel("MOS", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes.ravel()[len(per_method):]:
+        ax.axis("off")
+    fig.suptitle(title + " — predicted vs MOS, logistic fit in red", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def generator_breakdown(block: pd.DataFrame, preds: pd.DataFrame, title: str, path: Path) -> Path | None:
+    from scipy.stats import spearmanr
+
+    plt = _pyplot()
+    table: dict[str, dict[str, float]] = {}
+    for line in block.itertuples():
+        ids = [int(i) for i in str(line.result_ids).split(",") if i]
+        items = preds[preds["result_id"].isin(ids)]
+        if items.empty or items["generator"].isna().all() or (items["generator"].fillna("") == "").all():
+            continue
+        sign = -1.0 if line.lower_is_better else 1.0
+        per_gen: dict[str, list[float]] = {}
+        for (rid, gen), part in items.groupby(["result_id", "generator"]):
+            if len(part) >= 3 and np.ptp(part["prediction"]) > 0 and np.ptp(part["mos"]) > 0:
+                per_gen.setdefault(gen, []).append(spearmanr(sign * part["prediction"], part["mos"]).statistic)
+        table[line.label] = {g: float(np.mean(v)) for g, v in per_gen.items()}
+    if not table:
+        return None
+    generators = sorted({g for row in table.values() for g in row})
+    labels = list(table)
+    grid = np.array([[table[m].get(g, np.nan) for g in generators] for m in labels])
+    fig, ax = plt.subplots(figsize=(1.1 * len(generators) + 3, 0.42 * len(labels) + 1.6))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(generators)), generators, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(generators)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="SRCC within generator")
+    ax.set_title(title + " — SRCC within each generator (mean over repeats)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_figures(report, folder: Path) -> list[tuple[str, Path]]:
+    """Every figure of the report into `folder`; returns (title, path) pairs (also kept on the report)."""
+    if report.summary.empty:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    ok = report.frame[report.frame["status"] == "ok"]
+    out: list[tuple[str, Path]] = []
+    for (dataset, _, family, target), block in report.summary.groupby(["dataset", "data_hash", "split_family", "target"]):
+        stem = _safe(f"{dataset}-{target}-{family.split()[0]}-{len(out)}")
+        title = f"{dataset} / {target} ({family.split()[0]})"
+        out.append((f"SRCC per method: {title}", srcc_bars(block, title, folder / f"srcc-{stem}.png")))
+        path = scatter_grid(block, report.predictions, ok, title, folder / f"scatter-{stem}.png")
+        if path:
+            out.append((f"Predicted vs MOS: {title}", path))
+        path = generator_breakdown(block, report.predictions, title, folder / f"generators-{stem}.png")
+        if path:
+            out.append((f"Per-generator SRCC: {title}", path))
+    report.figures = out
+    return out

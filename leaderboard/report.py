@@ -1,0 +1,285 @@
+"""The report: statistics over the store's rows, paper-layout tables, figures, provenance.
+
+`build_report(folder)` reads `results.sqlite` (rows and per-item predictions)
+and computes, per (dataset, split family, target, method configuration):
+mean ± std and median over repeats (`leaderboard.aggregate`), a 95% interval
+from the prompt-cluster bootstrap, and, within each block, paired tests of
+every method against the best one on the same splits (Nadeau-Bengio
+corrected t-test, Holm-corrected across methods; Wilcoxon reported beside it).
+See `leaderboard.statistics` for the procedures.
+
+Renderers: `to_markdown`, `to_html` (one self-contained file, figures inlined),
+`to_csv` (one row per summary line, every statistic), `to_json` (summary,
+comparisons and provenance).  Every number carries the store row ids it was
+computed from (`result_ids`), the split hashes and the configuration hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leaderboard.aggregate import summarize
+from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
+from leaderboard.tables import Table, ablation_table, alignment_table, detail_table, main_family, perceptual_table
+
+BLOCK = ["dataset", "data_hash", "split_family", "target"]
+TEST_NOTE = ("≈: not significantly different from the block's best SRCC (Nadeau-Bengio corrected paired t-test on "
+             "the per-repeat differences, Holm-corrected across methods, alpha {alpha}).")
+
+
+@dataclass
+class Report:
+    folder: Path
+    frame: pd.DataFrame  # every stored result row (ok and error)
+    summary: pd.DataFrame  # one line per (block, method configuration), with intervals and tests
+    comparisons: list = field(default_factory=list)  # statistics.Comparison, each method vs its block's best
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    n_boot: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+
+    # -- tables --------------------------------------------------------------------
+    def tables(self) -> list[Table]:
+        if self.summary.empty:
+            return []
+        tail = TEST_NOTE.format(alpha=self.alpha)
+        out = [t for t in (perceptual_table(self.summary, tail), alignment_table(self.summary, tail)) if t]
+        for (dataset, _), part in self.summary.groupby(["dataset", "data_hash"], sort=True):
+            family = main_family(part)
+            ablation = ablation_table(self.summary, dataset, family) if family else None
+            if ablation:
+                out.append(ablation)
+        return out
+
+    def detail_tables(self) -> list[Table]:
+        out = []
+        for (dataset, data_hash, family, target), part in self.summary.groupby(BLOCK, sort=True):
+            table = detail_table(part, f"{dataset} / {target} — {family}")
+            table.key = f"detail-{dataset}-{target}-{len(out)}"
+            table.caption = (f"Labels {data_hash}. Mean ± sample std and median over repeats; 95% CI: prompt-cluster "
+                             f"bootstrap of the mean over repeats ({self.n_boot} replicates, seed {self.seed}). "
+                             + TEST_NOTE.format(alpha=self.alpha))
+            out.append(table)
+        return out
+
+    # -- renderers -----------------------------------------------------------------
+    def to_markdown(self, figure_root: Path | None = None) -> str:
+        out = ["# agiqa-bench leaderboard", "", f"Store: `{self.folder / 'results.sqlite'}`; built "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+        if self.summary.empty:
+            out += ["No finished results yet.", ""]
+        for table in self.tables():
+            out += [table.to_markdown(), ""]
+        if not self.summary.empty:
+            out += ["## All results", ""]
+            for table in self.detail_tables():
+                out += [table.to_markdown(), ""]
+        if self.figures:
+            out += ["## Figures", ""]
+            for title, path in self.figures:
+                rel = path.relative_to(figure_root) if figure_root and path.is_relative_to(figure_root) else path
+                out += [f"![{title}]({rel.as_posix()})", ""]
+        out += self._notes_markdown()
+        return "\n".join(out)
+
+    def to_html(self) -> str:
+        parts = ["<!doctype html><html><head><meta charset='utf-8'><title>agiqa-bench report</title>",
+                 f"<style>{CSS}</style></head><body>", "<h1>agiqa-bench report</h1>",
+                 f"<p>Store: <code>{html.escape(str(self.folder / 'results.sqlite'))}</code>; built "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}.</p>"]
+        if self.summary.empty:
+            parts.append("<p>No finished results yet.</p>")
+        parts += [t.to_html() for t in self.tables()]
+        if self.figures:
+            parts.append("<h2>Figures</h2>")
+            for title, path in self.figures:
+                data = base64.b64encode(path.read_bytes()).decode()
+                parts.append(f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{html.escape(title)}</figcaption></figure>")
+        if not self.summary.empty:
+            parts.append("<h2>All results</h2>")
+            parts += [t.to_html() for t in self.detail_tables()]
+        notes = self._notes_markdown()
+        if notes:
+            parts.append("<h2>Notes and provenance</h2><pre>" + html.escape("\n".join(notes)) + "</pre>")
+        parts.append("</body></html>")
+        return "\n".join(parts)
+
+    def to_csv(self) -> str:
+        return self.summary.drop(columns=["config_json"], errors="ignore").to_csv(index=False)
+
+    def to_json(self) -> str:
+        body = {
+            "format": "agiqa-bench/report@1",
+            "store": str(self.folder / "results.sqlite"),
+            "bootstrap": {"replicates": self.n_boot, "seed": self.seed, "unit": "prompt group within each split"},
+            "alpha": self.alpha,
+            "summary": json.loads(self.summary.to_json(orient="records")),
+            "comparisons": [c.as_dict() for c in self.comparisons],
+            "provenance": self.provenance(),
+            "failures": self._failures(),
+        }
+        return json.dumps(body, indent=1, default=str)
+
+    # -- provenance and notes -------------------------------------------------------
+    def provenance(self) -> list[dict]:
+        """Per block: the split hash of every repeat; per method: its configuration and store row ids."""
+        out = []
+        ok = self.frame[self.frame["status"] == "ok"]
+        for key, part in ok.groupby(["dataset", "data_hash", "split_protocol", "split_family"], sort=True):
+            splits = part.drop_duplicates("repeat").sort_values("repeat")
+            methods = []
+            for (method, chash), rows in part.groupby(["method", "config_hash"], sort=True):
+                methods.append({"method": method, "config_hash": chash, "config": json.loads(rows["config_json"].iloc[0]),
+                                "overrides": json.loads(rows["overrides_json"].iloc[0]),
+                                "result_ids": sorted(int(i) for i in rows["id"])})
+            out.append({"dataset": key[0], "data_hash": key[1], "split_protocol": key[2], "split_family": key[3],
+                        "split_hashes": {int(r): h for r, h in zip(splits["repeat"], splits["split_hash"])},
+                        "harness_versions": sorted(part["harness_version"].unique()), "methods": methods})
+        return out
+
+    def _failures(self) -> list[dict]:
+        errors = self.frame[self.frame["status"] == "error"]
+        return [{"dataset": d, "method": m, "rows": len(p), "error": str(p["error"].iloc[0]).splitlines()[0]}
+                for (d, m), p in errors.groupby(["dataset", "method"])]
+
+    def _notes_markdown(self) -> list[str]:
+        out = approximation_notes(sorted(set(self.summary["method"])) if not self.summary.empty else [])
+        failures = self._failures()
+        if failures:
+            out += ["## Failures", ""]
+            out += [f"- {f['dataset']} / {f['method']}: {f['rows']} failed row(s): {f['error']}" for f in failures]
+            out.append("")
+        provenance = self.provenance()
+        if provenance:
+            out += ["## Provenance", "", "Every number above is computed from these rows of the store "
+                    "(`results.id`), these splits and these configurations.", ""]
+            for block in provenance:
+                hashes = ", ".join(f"{r}: `{h}`" for r, h in block["split_hashes"].items())
+                out += [f"- **{block['dataset']}** labels `{block['data_hash']}`, {block['split_family']}; harness "
+                        f"{', '.join(block['harness_versions'])}; split hashes by repeat: {hashes}"]
+                for m in block["methods"]:
+                    ids = m["result_ids"]
+                    out.append(f"  - {m['method']} config `{m['config_hash']}` rows {ids[0]}–{ids[-1]} ({len(ids)}): "
+                               f"`{json.dumps(m['config'], sort_keys=True)}`")
+            out.append("")
+        return out
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
+table{border-collapse:collapse;margin:1.2em 0;font-size:13px}caption{text-align:left;padding:.4em 0;max-width:1100px}
+.cap{font-weight:normal;color:#555}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text-align:left;font-style:italic}
+figure{display:inline-block;margin:1em}img{max-width:620px}pre{white-space:pre-wrap;font-size:12px}"""
+
+
+def approximation_notes(methods: list[str]) -> list[str]:
+    """A note for every method in the tables that is not a faithful implementation."""
+    from agiqa_bench.errors import ConfigError
+    from agiqa_bench.registry import get_spec
+
+    notes = []
+    for method in methods:
+        try:
+            spec, _ = get_spec(method)
+        except ConfigError:  # a plugin no longer installed
+            continue
+        if spec.approximation:
+            notes.append(f"- **{method} is an approximation**: {spec.approximation}.")
+    return ["## Approximations", "", *notes, ""] if notes else []
+
+
+# -- building -------------------------------------------------------------------------
+def _split_predictions(preds: pd.DataFrame, result_ids: list[int], flip: bool) -> list[SplitPredictions]:
+    out = []
+    for rid in result_ids:
+        rows = preds[preds["result_id"] == rid]
+        if rows.empty:
+            continue
+        groups = rows["item_group"].where(rows["item_group"].notna(), rows["item_id"]).astype(str).to_numpy()
+        sign = -1.0 if flip else 1.0
+        out.append(SplitPredictions(sign * rows["prediction"].to_numpy(float), rows["mos"].to_numpy(float), groups))
+    return out
+
+
+def _intervals(summary: pd.DataFrame, preds: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    for metric in METRICS:
+        summary[f"{metric}_ci_low"] = np.nan
+        summary[f"{metric}_ci_high"] = np.nan
+    if n_boot <= 0 or preds.empty:
+        return summary
+    by_result = {rid: part for rid, part in preds.groupby("result_id")}
+    for idx, row in summary.iterrows():
+        ids = [int(i) for i in str(row["result_ids"]).split(",") if i]
+        subset = pd.concat([by_result[i] for i in ids if i in by_result]) if any(i in by_result for i in ids) else None
+        if subset is None:
+            continue
+        splits = _split_predictions(subset, ids, bool(row["lower_is_better"]))
+        for metric in METRICS:
+            low, high = cluster_bootstrap(splits, metric, n_boot, seed)
+            summary.at[idx, f"{metric}_ci_low"], summary.at[idx, f"{metric}_ci_high"] = low, high
+    return summary
+
+
+def _comparisons(summary: pd.DataFrame, ok: pd.DataFrame, alpha: float) -> tuple[pd.DataFrame, list]:
+    summary["is_best"] = False
+    summary["p_nb"] = np.nan
+    summary["p_wilcoxon"] = np.nan
+    summary["p_holm"] = np.nan
+    summary["tied_with_best"] = False
+    found = []
+    per_row = {int(r.id): r for r in ok.itertuples()}
+    for _, block in summary.groupby(BLOCK, sort=False):
+        ranked = block[~block["label"].str.endswith("[test-oracle]")]
+        if ranked["srcc_mean"].notna().sum() == 0:
+            continue
+        best_idx = ranked["srcc_mean"].idxmax()
+        summary.at[best_idx, "is_best"] = True
+        best = summary.loc[best_idx]
+
+        def by_split(line):
+            rows = [per_row[int(i)] for i in str(line["result_ids"]).split(",") if i and int(i) in per_row]
+            return {r.split_hash: float(r.srcc) if r.srcc is not None else math.nan for r in rows}, \
+                {r.split_hash: int(r.repeat) for r in rows}
+
+        best_values, repeats = by_split(best)
+        others = [i for i in ranked.index if i != best_idx]
+        pvalues = []
+        for idx in others:
+            values, _ = by_split(summary.loc[idx])
+            comp = paired_comparison(best["label"], summary.at[idx, "label"], "srcc", best_values, values, repeats,
+                                     float(summary.at[idx, "n_train_mean"]), float(summary.at[idx, "n_test_mean"]))
+            found.append(comp)
+            summary.at[idx, "p_nb"], summary.at[idx, "p_wilcoxon"] = comp.nb_p, comp.wilcoxon_p
+            pvalues.append(comp.nb_p)
+        for idx, p in zip(others, holm(pvalues)):
+            summary.at[idx, "p_holm"] = p
+            summary.at[idx, "tied_with_best"] = bool(np.isfinite(p) and p >= alpha)
+    return summary, found
+
+
+def build_report(folder: str | Path = "runs", *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> Report:
+    """Statistics and comparisons of everything stored in `folder` (see the module docstring)."""
+    from agiqa_bench.store import read_predictions, read_results
+
+    folder = Path(folder)
+    frame = read_results(folder, status=None)
+    ok = frame[frame["status"] == "ok"]
+    summary = summarize(frame)
+    if summary.empty:
+        return Report(folder, frame, summary, n_boot=n_boot, seed=seed, alpha=alpha)
+    preds = read_predictions(folder)
+    preds = preds[preds["result_id"].isin(ok["id"])]
+    summary = _intervals(summary, preds, n_boot, seed)
+    summary, comparisons = _comparisons(summary, ok, alpha)
+    return Report(folder, frame, summary, comparisons, preds, n_boot, seed, alpha)

@@ -1,0 +1,307 @@
+"""Tables as data (cells with emphasis), rendered to markdown or HTML.
+
+Builders lay the summary out like the paper:
+- Table 1 (`perceptual_table`): perceptual quality, methods grouped as
+  handcrafted, SVR-based, deep, ours; datasets side by side (AGIQA-1k's single
+  MOS, AGIQA-3k's quality MOS, any other dataset's quality/first target).
+- Table 2 (`alignment_table`): text-image alignment (AGIQA-3k's alignment MOS,
+  or any dataset that has one), split-based rows and all-images rows apart.
+- Table 3 (`ablation_table`): IP-IQA variants with component check marks.
+- `detail_table`: every statistic of one (dataset, protocol, target) block.
+Best per column in bold, second underlined; a trailing "≈" marks a method not
+significantly different from the best one's SRCC (see `leaderboard.report`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+SHOWN = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"))
+TARGET_ORDER = ("quality", "alignment", "overall")
+DATASET_ORDER = ("agiqa1k", "agiqa3k")
+FAMILY_ORDER = (("handcrafted", "Handcrafted"), ("svr", "SVR-based"), ("deep", "Deep"),
+                ("alignment", "Alignment (zero-shot)"), ("ours", "Ours"), ("", "Other"))
+#: The perceptual target of each dataset (AGIQA-1k has one coupled MOS).
+PERCEPTUAL_TARGET = {"agiqa1k": "overall", "agiqa3k": "quality"}
+TIED = "≈"
+
+
+@dataclass
+class Cell:
+    text: str
+    bold: bool = False
+    underline: bool = False
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+    sections: dict[int, str] = field(default_factory=dict)  # row index -> section title above it
+    caption: str = ""
+    key: str = ""  # a short id (file names, anchors)
+
+    # -- renderers -------------------------------------------------------------------
+    def to_markdown(self) -> str:
+        def md(cell: Cell) -> str:
+            text = cell.text.replace("|", "\\|")
+            if cell.underline:
+                text = f"<u>{text}</u>"
+            return f"**{text}**" if cell.bold else text
+
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        for i, row in enumerate(self.rows):
+            if i in self.sections:
+                lines.append("| *" + self.sections[i] + "* |" + " |" * (len(self.header) - 1))
+            lines.append("| " + " | ".join(md(c) for c in row) + " |")
+        if self.caption:
+            lines += ["", self.caption]
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        def cell(c: Cell) -> str:
+            text = html.escape(c.text)
+            if c.underline:
+                text = f"<u>{text}</u>"
+            return f"<td><b>{text}</b></td>" if c.bold else f"<td>{text}</td>"
+
+        out = [f'<table id="{html.escape(self.key)}">', f"<caption><b>{html.escape(self.title)}</b>"
+               + (f"<br><span class=\"cap\">{html.escape(self.caption)}</span>" if self.caption else "") + "</caption>",
+               "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in self.header) + "</tr>"]
+        for i, row in enumerate(self.rows):
+            if i in self.sections:
+                out.append(f'<tr class="section"><td colspan="{len(self.header)}">{html.escape(self.sections[i])}</td></tr>')
+            out.append("<tr>" + "".join(cell(c) for c in row) + "</tr>")
+        out.append("</table>")
+        return "\n".join(out)
+
+
+# -- helpers ----------------------------------------------------------------------
+def _fmt(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ranks(values: list[float]) -> tuple[float | None, float | None]:
+    """(best, second best) distinct finite values, rounded as displayed."""
+    distinct = sorted({round(v, 4) for v in values if v is not None and not math.isnan(v)}, reverse=True)
+    return (distinct[0] if distinct else None, distinct[1] if len(distinct) > 1 else None)
+
+
+def _emphasis(cells: list[Cell], values: list[float]) -> None:
+    best, second = _ranks(values)
+    for c, v in zip(cells, values):
+        if v is None or math.isnan(v):
+            continue
+        c.bold = best is not None and round(v, 4) == best
+        c.underline = second is not None and round(v, 4) == second
+
+
+def _family_order(family: str) -> int:
+    return next((i for i, (f, _) in enumerate(FAMILY_ORDER) if f == family), len(FAMILY_ORDER))
+
+
+def _family_title(family: str) -> str:
+    return dict(FAMILY_ORDER).get(family, "Other")
+
+
+def _datasets(summary: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(summary["dataset"]))
+    return sorted(present, key=lambda d: (DATASET_ORDER.index(d) if d in DATASET_ORDER else len(DATASET_ORDER), d))
+
+
+def perceptual_target(dataset: str, targets: list[str]) -> str | None:
+    if dataset in PERCEPTUAL_TARGET:
+        return PERCEPTUAL_TARGET[dataset] if PERCEPTUAL_TARGET[dataset] in targets else None
+    for t in ("quality", "overall"):
+        if t in targets:
+            return t
+    return targets[0] if targets else None
+
+
+def main_family(part: pd.DataFrame) -> str | None:
+    """The split family a paper table uses: grouped splits first, then the one with most rows."""
+    split_based = part[part["split_protocol"] != "all-images"]
+    if split_based.empty:
+        return None
+    counts = split_based.groupby("split_family")["n"].sum()
+    grouped = [f for f in counts.index if f.startswith("grouped")]
+    return max(grouped or list(counts.index), key=lambda f: counts[f])
+
+
+def selection_text(part: pd.DataFrame) -> str:
+    """How the trainable rows chose their model (from their stored configurations)."""
+    modes = set()
+    for text in part["config_json"]:
+        selection = json.loads(text or "{}").get("selection")
+        if selection:
+            modes.add(selection)
+    words = {"val": "epoch with the best validation-group SRCC+PLCC (the test part is never looked at)",
+             "last": "last epoch", "test-oracle": "best epoch on the test part (rows marked [test-oracle]; optimistic)"}
+    if not modes:
+        return "Model selection: none (zero-shot methods and SVRs fitted once on the training part)."
+    return "Model selection of deep models: " + "; ".join(words.get(m, m) for m in sorted(modes)) + "."
+
+
+def _mark(row: pd.Series) -> str:
+    return f" {TIED}" if bool(row.get("tied_with_best", False)) else ""
+
+
+# -- Table 1 ----------------------------------------------------------------------
+def perceptual_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | None:
+    """Perceptual quality, methods by family, datasets side by side (SRCC / PLCC / KRCC means)."""
+    columns = []  # (dataset, target, split_family)
+    for dataset in _datasets(summary):
+        part = summary[summary["dataset"] == dataset]
+        target = perceptual_target(dataset, list(dict.fromkeys(part["target"])))
+        family = main_family(part[part["target"] == target]) if target else None
+        if target and family:
+            columns.append((dataset, target, family))
+    if not columns:
+        return None
+    blocks = {c: summary[(summary["dataset"] == c[0]) & (summary["target"] == c[1]) & (summary["split_family"] == c[2])
+                         & (summary["family"] != "alignment")] for c in columns}
+    labels = {}
+    for part in blocks.values():
+        for r in part.itertuples():
+            labels.setdefault(r.label, r.family)
+    order = sorted(labels, key=lambda lab: (_family_order(labels[lab]), lab))
+    header = ["Method"] + [f"{d} ({t}) {m}" for d, t, _ in columns for _, m in SHOWN]
+    table = Table("Table 1 layout: perceptual quality", header, key="table1")
+    grid: dict[str, list[Cell]] = {lab: [Cell(lab)] for lab in order}
+    for c in columns:
+        part = blocks[c]
+        for metric, _ in SHOWN:
+            values, cells = [], []
+            for lab in order:
+                hit = part[part["label"] == lab]
+                value = float(hit.iloc[0][f"{metric}_mean"]) if not hit.empty else float("nan")
+                mark = _mark(hit.iloc[0]) if metric == "srcc" and not hit.empty else ""
+                cell = Cell((_fmt(value) + mark) if not hit.empty else "—")
+                values.append(value if not hit.empty and not hit.iloc[0]["label"].endswith("[test-oracle]") else float("nan"))
+                cells.append(cell)
+            _emphasis(cells, values)
+            for lab, cell in zip(order, cells):
+                grid[lab].append(cell)
+    previous = None
+    for i, lab in enumerate(order):
+        if labels[lab] != previous:
+            table.sections[i] = _family_title(labels[lab])
+            previous = labels[lab]
+        table.rows.append(grid[lab])
+    protocols = "; ".join(f"{d}: {fam}" for d, _, fam in columns)
+    table.caption = (f"Mean over repeats on the test parts. Splits: {protocols}. "
+                     f"{selection_text(pd.concat(blocks.values()))} PLCC on raw scores (logistic-fitted PLCC in the "
+                     f"detail tables and CSV/JSON). Bold: best; underlined: second ([test-oracle] rows are not ranked). "
+                     + caption_tail)
+    return table
+
+
+# -- Table 2 ----------------------------------------------------------------------
+def alignment_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | None:
+    """Text-image alignment: split-based rows and all-images rows as separate sections."""
+    part = summary[summary["target"] == "alignment"]
+    if part.empty:
+        return None
+    datasets = _datasets(part)
+    dataset = "agiqa3k" if "agiqa3k" in datasets else datasets[0]
+    part = part[part["dataset"] == dataset]
+    family = main_family(part)
+    sections = []
+    if family:
+        sections.append((f"Test parts of the splits ({family})", part[part["split_family"] == family]))
+    all_images = part[part["split_protocol"] == "all-images"]
+    if not all_images.empty:
+        sections.append(("All images, no split (the AGIQA-3k paper's protocol for zero-shot metrics)", all_images))
+    header = ["Method", "Family"] + [m for _, m in SHOWN]
+    table = Table(f"Table 2 layout: text-image alignment on {dataset}", header, key="table2")
+    for title, rows in sections:
+        rows = rows.assign(_order=[_family_order(f) for f in rows["family"]]).sort_values(["_order", "label"])
+        table.sections[len(table.rows)] = title
+        block = [[Cell(r.label), Cell(_family_title(r.family))] for r in rows.itertuples()]
+        for metric, _ in SHOWN:
+            values = [float(v) for v in rows[f"{metric}_mean"]]
+            cells = [Cell(_fmt(v) + (_mark(r) if metric == "srcc" else "")) for v, (_, r) in zip(values, rows.iterrows())]
+            _emphasis(cells, [v if not lab.endswith("[test-oracle]") else float("nan") for v, lab in zip(values, rows["label"])])
+            for line, c in zip(block, cells):
+                line.append(c)
+        table.rows.extend(block)
+    table.caption = (f"Mean over repeats (one value for all-images). {selection_text(part)} PLCC on raw scores. "
+                     "Bold: best; underlined: second, within each section. " + caption_tail)
+    return table
+
+
+# -- Table 3 ----------------------------------------------------------------------
+ABLATION_COMPONENTS = ("Image2Prompt", "Integral prompt", "[QA]")
+
+
+def ablation_components(config: dict) -> tuple[bool, bool, bool]:
+    """Which of the paper's Table 3 components an IP-IQA configuration has."""
+    mode = config.get("use_image2prompt", "no")
+    i2p = mode == "yes" or (mode == "auto" and bool(config.get("image2prompt")))
+    prompt = bool(config.get("use_prompt", False))
+    return i2p, prompt, prompt and bool(config.get("qa_token", False))
+
+
+def ablation_table(summary: pd.DataFrame, dataset: str, family: str) -> Table | None:
+    """IP-IQA variants with check marks per component, SRCC / PLCC / KRCC per target."""
+    part = summary[(summary["dataset"] == dataset) & (summary["split_family"] == family)
+                   & summary["method"].str.startswith("ipiqa")]
+    if part["label"].nunique() < 2:
+        return None
+    targets = sorted(dict.fromkeys(part["target"]), key=lambda t: (TARGET_ORDER.index(t) if t in TARGET_ORDER else 99, t))
+    header = ["Variant", *ABLATION_COMPONENTS] + [f"{t} {m}" for t in targets for _, m in SHOWN]
+    table = Table(f"Table 3 layout: ablation of IP-IQA on {dataset}", header, key=f"table3-{dataset}")
+    variants = part.drop_duplicates("label")
+    order = sorted(variants.itertuples(), key=lambda r: ablation_components(json.loads(r.config_json)))
+    lines = [[Cell(r.label), *[Cell("✓" if on else "") for on in ablation_components(json.loads(r.config_json))]]
+             for r in order]
+    for t in targets:
+        for metric, _ in SHOWN:
+            values, cells = [], []
+            for r in order:
+                hit = part[(part["label"] == r.label) & (part["target"] == t)]
+                value = float(hit.iloc[0][f"{metric}_mean"]) if not hit.empty else float("nan")
+                values.append(value)
+                cells.append(Cell(_fmt(value) if not hit.empty else "—"))
+            _emphasis(cells, values)
+            for line, c in zip(lines, cells):
+                line.append(c)
+    table.rows = lines
+    table.caption = f"Splits: {family}. Mean over repeats. {selection_text(part)} Bold: best; underlined: second."
+    return table
+
+
+# -- detail ---------------------------------------------------------------------
+def detail_table(part: pd.DataFrame, title: str) -> Table:
+    """Every statistic of one (dataset, split family, target) block, best SRCC first."""
+    part = part.sort_values("srcc_mean", ascending=False, na_position="last")
+    header = ["Method", "n"]
+    for _, m in SHOWN:
+        header += [f"{m} mean ± std", f"{m} median", f"{m} 95% CI"]
+    header += ["PLCC (logistic)", "vs best: Holm p"]
+    table = Table(title, header, key="detail")
+    columns: list[list[Cell]] = []
+    for r in part.itertuples():
+        row = [Cell(r.label), Cell(str(r.n))]
+        for metric, _ in SHOWN:
+            mean, std = getattr(r, f"{metric}_mean"), getattr(r, f"{metric}_std")
+            row.append(Cell(_fmt(mean) + ("" if math.isnan(std) else f" ± {_fmt(std)}") + (_mark(r._asdict()) if metric == "srcc" else "")))
+            row.append(Cell(_fmt(getattr(r, f"{metric}_median"))))
+            low, high = getattr(r, f"{metric}_ci_low", float("nan")), getattr(r, f"{metric}_ci_high", float("nan"))
+            row.append(Cell("n/a" if math.isnan(low) else f"[{_fmt(low)}, {_fmt(high)}]"))
+        row.append(Cell(_fmt(r.plcc_logistic_mean)))
+        p = getattr(r, "p_holm", float("nan"))
+        row.append(Cell("best" if bool(getattr(r, "is_best", False)) else ("n/a" if math.isnan(p) else f"{p:.3g}")))
+        columns.append(row)
+    for i, (metric, _) in enumerate(SHOWN):
+        col = 2 + 3 * i
+        values = [float(v) for v in part[f"{metric}_mean"]]
+        _emphasis([row[col] for row in columns], values)
+    table.rows = columns
+    return table
