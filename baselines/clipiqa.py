@@ -355,10 +355,8 @@ class CLIPIQA(Method):
             self.require_weights()
             torch.manual_seed(self.context.seed)
             size = int(self.config["image_size"]) if self.config["pos_embedding"] else 0
-            try:
-                clip = load_clip(self.config["clip_model"], self.config["pretrained"], image_size=size or None)
-            except MethodUnavailable as exc:  # name this method in the fix, not IP-IQA
-                raise MethodUnavailable(str(exc).replace("--set ipiqa.", f"--set {self.spec.name}.")) from None
+            clip = load_clip(self.config["clip_model"], self.config["pretrained"], image_size=size or None,
+                             option=f"{self.spec.name}.pretrained")
             clip.requires_grad_(False)
             self._clip = clip.float().eval().to(self.context.device)
         return self._clip

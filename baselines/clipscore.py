@@ -49,7 +49,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.errors import ConfigError
 from baselines.alignment import OpenCLIPScorer, open_clip_identity, open_clip_weights_problem
 
 DEFAULT_PREFIX = "A photo depicts"
@@ -104,9 +104,6 @@ class CLIPScore(OpenCLIPScorer):
         from ipiqa.backbone import load_clip
 
         torch.manual_seed(self.context.seed)  # random weights (pretrained="") are seeded by the run
-        try:
-            clip = load_clip(self.config["clip_model"], self.config["pretrained"])
-        except MethodUnavailable as exc:  # name this method in the fix, not IP-IQA
-            raise MethodUnavailable(str(exc).replace("--set ipiqa.", f"--set {self.spec.name}.")) from None
+        clip = load_clip(self.config["clip_model"], self.config["pretrained"], option=f"{self.spec.name}.pretrained")
         clip.requires_grad_(False)
         return clip.float().eval().to(self.context.device)

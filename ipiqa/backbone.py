@@ -85,8 +85,11 @@ def check_weights(params: dict) -> bool | None:
     return weights_available(params.get("clip_model", ""), params.get("pretrained", "openai"))
 
 
-def load_clip(model: str, pretrained: str | None, *, image_size: int | None = None):
-    """An open_clip CLIP model (eval mode, fp32, on the CPU)."""
+def load_clip(model: str, pretrained: str | None, *, image_size: int | None = None, option: str = "ipiqa.pretrained"):
+    """An open_clip CLIP model (eval mode, fp32, on the CPU).
+
+    `option` is the `--set` option that takes a local checkpoint, named in the error when weights are missing.
+    """
     import open_clip
 
     _register_configs()
@@ -117,7 +120,7 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
             f"could not load CLIP weights {model}/{pretrained} ({type(exc).__name__}: {_first_sentence(exc)}). "
             "With internet access open_clip downloads and caches them on first use. Offline, download the "
             "checkpoint elsewhere (e.g. OpenAI's RN50.pt for RN50-quickgelu/openai) and pass its path instead of "
-            "the tag, e.g. --set ipiqa.pretrained=/path/to/RN50.pt"
+            f"the tag, e.g. --set {option}=/path/to/RN50.pt"
         ) from None
 
 
