@@ -21,8 +21,8 @@ import typer
 from rich.table import Table
 
 from agiqa_bench import __version__
-from agiqa_bench.console import console, err_console, friendly, show_warning
 from agiqa_bench.cli_pretrain import pretrain_app
+from agiqa_bench.console import console, err_console, friendly, show_warning
 from agiqa_bench.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
@@ -159,7 +159,13 @@ def ablate(
 
 
 def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -181,8 +187,8 @@ def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=F
 
 
 def _print_summary(out: Path, plan) -> None:
-    from leaderboard.aggregate import summarize
     from agiqa_bench.store import read_results
+    from leaderboard.aggregate import summarize
 
     frame = read_results(out, status=None)
     hashes = {s.hash for s in plan.splits.splits}
@@ -302,7 +308,12 @@ def methods(
     details: bool = typer.Option(False, "--details", help="Every method's summary, reference, weights and where to get them."),
 ):
     """List registered methods: kind, family, inputs, variants, weights needed and whether they are here."""
-    from agiqa_bench.registry import all_specs, list_methods, method_params, weights_status
+    from agiqa_bench.registry import (
+        all_specs,
+        list_methods,
+        method_params,
+        weights_status,
+    )
 
     names = set(list_methods(pattern))
     chosen = [spec for spec in all_specs()

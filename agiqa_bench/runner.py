@@ -27,7 +27,14 @@ from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
 from agiqa_bench.records import Dataset
-from agiqa_bench.registry import canonical_name, create_method, default_methods, get_spec, method_params, split_name
+from agiqa_bench.registry import (
+    canonical_name,
+    create_method,
+    default_methods,
+    get_spec,
+    method_params,
+    split_name,
+)
 from agiqa_bench.splits import SplitSet, make_splits
 from agiqa_bench.store import ResultRow, ResultStore
 

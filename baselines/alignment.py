@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,12 +61,6 @@ class _NotCached(Exception):
 
 def _not_cached(item: Item) -> np.ndarray:
     raise _NotCached(item.id)
-
-
-def offline() -> bool:
-    """True when the Hugging Face hub is switched off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def hub_cached(repo: str, filename: str) -> str | None:
@@ -305,41 +298,6 @@ class OpenCLIPScorer(AlignmentScorer):
         pixels = torch.stack([transform(load_pil(it)) for it in items])
         cos = open_clip_cosines(model, self.tokenizer(), pixels, captions, self.context.device)
         return self.from_cosine(cos.cpu().numpy().astype(np.float64))
-
-
-def open_clip_weights_problem(model: str, pretrained: str | None, method: str, param: str = "pretrained") -> str | None:
-    """Why open_clip weights (`model`, `pretrained`) cannot be loaded here; None if they can be (or downloaded)."""
-    from ipiqa.backbone import SYNTH_TAG, WEIGHTS_DIR, is_local, weights_available
-
-    fix = f"--set {method}.{param}=PATH"
-    if not pretrained:
-        return None
-    if pretrained == SYNTH_TAG:
-        path = WEIGHTS_DIR / f"{model}-synth.pt"
-        return None if path.is_file() else (
-            f"{method}: no built-in synthetic CLIP for {model!r} ({path} is missing); pick another "
-            f"{method}.clip_model or pass a checkpoint with {fix}")
-    if is_local(pretrained):
-        path = Path(str(pretrained)).expanduser()
-        return None if path.is_file() else (
-            f"{method}: CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r} with {fix}")
-    if offline() and weights_available(model, pretrained) is False:
-        sources = ""
-        try:
-            import open_clip
-
-            from ipiqa.backbone import _register_configs
-
-            _register_configs()
-            cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
-            parts = [f"hf-hub:{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else "", cfg.get("url", "")]
-            sources = " or ".join(p for p in parts if p)
-        except Exception:
-            pass
-        where = f" ({sources})" if sources else ""
-        return (f"{method}: CLIP weights {model}/{pretrained} are not in the local cache and the hub is offline "
-                f"(HF_HUB_OFFLINE). Download the checkpoint elsewhere{where} and pass the file with {fix}")
-    return None
 
 
 def open_clip_identity(model: str, pretrained: str | None, seed: int) -> dict[str, Any]:

@@ -82,8 +82,6 @@ model's native size, or at ``image_size`` via ``force_image_size``).
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -97,14 +95,11 @@ from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import TrainConfig, fit_regressor, normalise
+from baselines.alignment import open_clip_identity
 from ipiqa.backbone import (
-    SYNTH_TAG,
-    WEIGHTS_DIR,
-    builtin_weights,
-    is_local,
+    clip_weights_problem,
     load_clip,
     tokenizer_for,
-    weights_available,
 )
 
 DEFAULT_POSITIVE = "Good photo."
@@ -114,49 +109,6 @@ CLASS_POSITIONS = ("middle", "end", "front")
 CTX_INITS = ("normal", "x")
 #: The fit loop's pixel batch is ignored by CLIP-IQA+ (cached features are used): keep it tiny.
 _IGNORED_PIXELS = 8
-
-
-# -- weights ---------------------------------------------------------------------------------
-def _offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def weights_problem(model: str, pretrained: str | None, method: str) -> str | None:
-    """Why the CLIP weights cannot be loaded here (None: they can, or may be downloaded)."""
-    fix = f"--set {method}.pretrained=PATH"
-    if not pretrained:
-        return None
-    if pretrained == SYNTH_TAG:
-        path = WEIGHTS_DIR / f"{model}-synth.pt"
-        if path.is_file():
-            return None
-        return (f"{method}: no built-in synthetic CLIP for {model!r} ({path} is missing); pick another model or "
-                f"pass a checkpoint with {fix}")
-    if is_local(pretrained):
-        path = Path(str(pretrained)).expanduser()
-        if path.is_file():
-            return None
-        return (f"{method}: CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r} "
-                f"(e.g. OpenAI's RN50.pt for RN50-quickgelu) with {fix}")
-    if weights_available(model, pretrained) is False and _offline():
-        where = "open_clip's download"
-        try:
-            import open_clip
-
-            from ipiqa.backbone import _register_configs
-
-            _register_configs()
-            cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
-            parts = [p for p in (cfg.get("hf_hub", "").rstrip("/") and f"hf-hub:{cfg['hf_hub'].rstrip('/')}",
-                                 cfg.get("url", "")) if p]
-            where = " or ".join(parts) or where
-        except Exception:
-            pass
-        return (f"{method}: CLIP weights {model}/{pretrained} are not in the local cache and the hub is offline "
-                f"(HF_HUB_OFFLINE). Download them elsewhere ({where}; for RN50/openai the file is OpenAI's RN50.pt) "
-                f"and pass the file with {fix}")
-    return None
 
 
 # -- CLIP pieces -------------------------------------------------------------------------------
@@ -344,7 +296,7 @@ class CLIPIQA(Method):
 
     # -- model ------------------------------------------------------------------------------
     def require_weights(self) -> None:
-        problem = weights_problem(self.config["clip_model"], self.config["pretrained"], self.spec.name)
+        problem = clip_weights_problem(self.config["clip_model"], self.config["pretrained"], self.spec.name)
         if problem:
             raise MethodUnavailable(problem)
 
@@ -363,14 +315,7 @@ class CLIPIQA(Method):
 
     def weights_identity(self) -> dict[str, Any]:
         """What the image features depend on, for the cache namespace."""
-        pretrained = builtin_weights(self.config["clip_model"], self.config["pretrained"])
-        ident: dict[str, Any] = {"model": self.config["clip_model"], "pretrained": pretrained}
-        if not pretrained:
-            ident["random_init_seed"] = self.context.seed
-        elif is_local(pretrained):
-            st = Path(pretrained).expanduser().stat()
-            ident["file"] = f"{st.st_size}:{st.st_mtime_ns}"
-        return ident
+        return open_clip_identity(self.config["clip_model"], self.config["pretrained"], self.context.seed)
 
     def image_features(self, items: Sequence[Item], mirrored: bool = False) -> np.ndarray:
         """(n, E) image features, computed once per image (and per mirror) and cached."""

@@ -50,7 +50,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agiqa_bench.errors import ConfigError
-from baselines.alignment import OpenCLIPScorer, open_clip_identity, open_clip_weights_problem
+from baselines.alignment import OpenCLIPScorer, open_clip_identity
+from ipiqa.backbone import clip_weights_problem
 
 DEFAULT_PREFIX = "A photo depicts"
 DEFAULT_W = 2.5
@@ -92,7 +93,7 @@ class CLIPScore(OpenCLIPScorer):
         return clipscore_from_cosine(cos, float(self.config["w"]))
 
     def weights_problem(self) -> str | None:
-        return open_clip_weights_problem(self.config["clip_model"], self.config["pretrained"], self.spec.name)
+        return clip_weights_problem(self.config["clip_model"], self.config["pretrained"], self.spec.name)
 
     def weights_identity(self) -> dict[str, Any]:
         return {**open_clip_identity(self.config["clip_model"], self.config["pretrained"], self.context.seed),

@@ -43,7 +43,13 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from agiqa_bench.training import TrainConfig
-from baselines.deep import SCNN_PYIQA, TRAIN_PARAMS, VGG16_IMAGENET, DeepIQAMethod, load_into
+from baselines.deep import (
+    SCNN_PYIQA,
+    TRAIN_PARAMS,
+    VGG16_IMAGENET,
+    DeepIQAMethod,
+    load_into,
+)
 
 
 def vgg16_features(state: dict | None, method: str = "dbcnn") -> nn.Sequential:

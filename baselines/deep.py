@@ -27,7 +27,6 @@ checks that `agiqa-bench methods` calls stay cheap.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -35,6 +34,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.hub import offline
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import (
@@ -82,11 +82,6 @@ def hub_dir() -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir())
-
-
-def offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "AGIQA_BENCH_OFFLINE"))
 
 
 def is_random(value: Any) -> bool:

@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from baselines.alignment import OpenCLIPScorer, file_identity, hub_cached, offline
+from agiqa_bench.hub import offline
+from baselines.alignment import OpenCLIPScorer, file_identity, hub_cached
 
 HPS_REPO = "xswu/HPSv2"
 HPS_V2_FILE = "HPS_v2_compressed.pt"

@@ -55,7 +55,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -69,10 +68,16 @@ from PIL import Image, UnidentifiedImageError
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from torch import nn
-from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+from transformers import (
+    BlipTextConfig,
+    BlipTextModel,
+    BlipVisionConfig,
+    BlipVisionModel,
+)
 
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, ImageReadError, MethodUnavailable
+from agiqa_bench.hub import offline
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 
@@ -371,18 +376,6 @@ def load_pixels(path: str | Path, size: int) -> np.ndarray:
 
 
 # -- weights files -----------------------------------------------------------------------------
-def _offline() -> bool:
-    flags = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in flags):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except Exception:
-        return False
-
-
 def _cached(repo: str, filename: str) -> Path | None:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -402,7 +395,7 @@ def _hub_file(repos: Sequence[str], filename: str, what: str, fix: str, download
     url = f"https://huggingface.co/{repos[0]}/blob/main/{filename}"
     if not download:
         return None
-    if _offline():
+    if offline():
         raise MethodUnavailable(
             f"{what}: {filename} from the Hugging Face hub repo {repos[0]} is not in the local cache and the hub is "
             f"offline (HF_HUB_OFFLINE). Download it elsewhere ({url}) and pass the file with {fix}"

@@ -51,8 +51,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agiqa_bench.errors import MethodUnavailable
+from agiqa_bench.hub import offline
 from agiqa_bench.records import Item
-from baselines.alignment import AlignmentScorer, cosine, file_identity, hub_cached, load_pil, offline, unique_texts
+from baselines.alignment import (
+    AlignmentScorer,
+    cosine,
+    file_identity,
+    hub_cached,
+    load_pil,
+    unique_texts,
+)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

@@ -85,6 +85,40 @@ def check_weights(params: dict) -> bool | None:
     return weights_available(params.get("clip_model", ""), params.get("pretrained", "openai"))
 
 
+def clip_weights_problem(model: str, pretrained: str | None, method: str, param: str = "pretrained") -> str | None:
+    """Why open_clip weights (`model`, `pretrained`) cannot be loaded here; None if they can be (or downloaded)."""
+    from agiqa_bench.hub import offline
+
+    fix = f"--set {method}.{param}=PATH"
+    if not pretrained:
+        return None
+    if pretrained == SYNTH_TAG:
+        path = WEIGHTS_DIR / f"{model}-synth.pt"
+        return None if path.is_file() else (
+            f"{method}: no built-in synthetic CLIP for {model!r} ({path} is missing); pick another "
+            f"{method}.clip_model or pass a checkpoint with {fix}")
+    if is_local(pretrained):
+        path = Path(str(pretrained)).expanduser()
+        return None if path.is_file() else (
+            f"{method}: CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r} with {fix}")
+    if offline() and weights_available(model, pretrained) is False:
+        sources = ""
+        try:
+            import open_clip
+
+            _register_configs()
+            cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
+            parts = [f"hf-hub:{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else "", cfg.get("url", "")]
+            sources = " or ".join(p for p in parts if p)
+        except Exception:
+            pass
+        where = f" ({sources})" if sources else ""
+        return (f"{method}: CLIP weights {model}/{pretrained} are not in the local cache and downloads are "
+                f"off (offline: AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE). Download the checkpoint elsewhere{where} and pass the file "
+                f"with {fix}")
+    return None
+
+
 def load_clip(model: str, pretrained: str | None, *, image_size: int | None = None, option: str = "ipiqa.pretrained"):
     """An open_clip CLIP model (eval mode, fp32, on the CPU).
 

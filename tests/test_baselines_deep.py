@@ -273,8 +273,10 @@ def test_missing_weights_offline_name_the_file_and_the_fix(name, weights, param,
 
 def test_failed_download_is_method_unavailable(data, tmp_path, monkeypatch):
     ds, train, val, _ = data
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("AGIQA_BENCH_OFFLINE", raising=False)
+    from agiqa_bench.hub import OFFLINE_VARIABLES
+
+    for variable in OFFLINE_VARIABLES:  # downloads on (they fail below)
+        monkeypatch.delenv(variable, raising=False)
     calls = []
 
     def fail(url, dst, *args, **kwargs):

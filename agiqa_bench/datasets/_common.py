@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
