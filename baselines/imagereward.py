@@ -64,7 +64,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from torch import nn
@@ -76,8 +76,9 @@ from transformers import (
 )
 
 from agiqa_bench.cache import FeatureCache, namespace_for
-from agiqa_bench.errors import ConfigError, ImageReadError, MethodUnavailable
+from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
+from agiqa_bench.images import open_image
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 
@@ -362,17 +363,8 @@ def preprocess(image, size: int) -> np.ndarray:
 
 
 def load_pixels(path: str | Path, size: int) -> np.ndarray:
-    """Decode an image file and preprocess it; errors name the file."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return preprocess(img, size)
-    except FileNotFoundError:
-        raise ImageReadError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(
-            f"cannot decode image {path}: {exc} (the file is corrupt or truncated; replace it)") from None
+    """Decode an image file (in its own mode, as the official code opens it) and preprocess it."""
+    return preprocess(open_image(path), size)
 
 
 # -- weights files -----------------------------------------------------------------------------
