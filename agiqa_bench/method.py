@@ -102,6 +102,10 @@ class Method:
 
     #: Hyperparameters and their defaults; `--set name.key=value` overrides them.
     params: ClassVar[dict[str, Any]] = {}
+    #: Parameters that change speed or memory only, never a score (e.g. an inference batch size):
+    #: recorded with the results but left out of the configuration hash and of table labels, so
+    #: changing them neither starts new rows nor splits a method's results.
+    runtime_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
         self.spec = spec

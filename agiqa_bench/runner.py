@@ -32,6 +32,7 @@ from agiqa_bench.registry import (
     create_method,
     default_methods,
     get_spec,
+    load_class,
     method_params,
     split_name,
 )
@@ -47,8 +48,10 @@ def data_hash(dataset: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def config_hash(method: str, config: dict) -> str:
-    body = json.dumps({"method": method, "config": config}, sort_keys=True, default=str)
+def config_hash(method: str, config: dict, runtime: Sequence[str] = ()) -> str:
+    """Hash of what a method's scores depend on: its name and parameters, less the runtime-only ones."""
+    scored = {k: v for k, v in config.items() if k not in runtime}
+    body = json.dumps({"method": method, "config": scored}, sort_keys=True, default=str)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
@@ -212,7 +215,9 @@ def execute(
     summary = RunSummary(out)
     with ResultStore(out) as store:
         for name, spec, mine, config in plan.methods:
-            chash = config_hash(name, config)
+            runtime = load_class(spec).runtime_params
+            chash = config_hash(name, config, runtime)
+            labelled = {k: v for k, v in mine.items() if k not in runtime}  # labels name what changes scores
             targets = plan.targets[name]
             groups = [targets] if spec.joint_targets or spec.kind == "zero-shot" else [(t,) for t in targets]
             emit("method", {"method": name, "repeats": len(splits), "fits": len(groups)})
@@ -226,7 +231,7 @@ def execute(
                     base = dict(dataset=ds.name, data_hash=plan.data_hash, method=name, config_hash=chash,
                                 split_protocol=splits.protocol, split_family=splits.family,
                                 split_hash=split.hash, repeat=split.repeat,
-                                config=config, overrides=mine, harness_version=__version__,
+                                config=config, overrides=labelled, harness_version=__version__,
                                 n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
                     try:
                         if unavailable:

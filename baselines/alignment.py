@@ -157,6 +157,7 @@ class AlignmentScorer(Method):
     """
 
     params: ClassVar[dict[str, Any]] = {"batch_size": 16}
+    runtime_params: ClassVar[tuple[str, ...]] = ("batch_size",)  # pairs are scored independently
     #: Cache namespace prefix: scorers of one family with equal parameters share scores.
     family: ClassVar[str] = "alignment"
     #: Bump when the computation changes, so cached scores are recomputed.

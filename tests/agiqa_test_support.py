@@ -86,6 +86,16 @@ class Brightness(Method):
         return self.sign * self._feature(items)
 
 
+class BatchedBrightness(Brightness):
+    """Brightness with a parameter that changes speed only (declared in `runtime_params`)."""
+
+    params = {"fail_on_repeat": -1, "batch_size": 4}
+    runtime_params = ("batch_size",)
+
+
+BATCHED = MethodSpec(name="batched", factory="agiqa_test_support:BatchedBrightness", kind="trainable",
+                     summary="test toy with a runtime-only parameter", default_run=False)
+
 BRIGHTNESS = MethodSpec(name="brightness", factory="agiqa_test_support:Brightness", kind="trainable",
                         summary="test toy", default_run=False)
 

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from agiqa_test_support import BRIGHTNESS, register
+from agiqa_test_support import BATCHED, BRIGHTNESS, register
 
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.runner import parse_overrides, plan_run, run_benchmark
@@ -160,3 +160,19 @@ def test_all_images_protocol_scores_everything_for_zero_shot_only(tiny_agiqa3k, 
     frame = read_results(tmp_path / "runs")
     assert summary.done == 2 and set(frame["n_test"]) == {36} and set(frame["n_train"]) == {0}
     assert set(frame["split_protocol"]) == {"all-images"} and set(frame["repeat"]) == {0}
+
+
+def test_runtime_only_parameters_neither_start_new_rows_nor_split_labels(tiny_agiqa3k, tmp_path, monkeypatch):
+    register(monkeypatch, BATCHED)
+    out = tmp_path / "runs"
+    first = run_benchmark(["batched"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out,
+                          overrides={"batched": {"batch_size": "8"}})
+    again = run_benchmark(["batched"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out,
+                          overrides={"batched": {"batch_size": "2"}})
+    assert first.done == 4 and again.done == 0 and again.skipped == 4
+    frame = read_results(out)
+    assert frame["config_hash"].nunique() == 1 and set(frame["overrides_json"]) == {"{}"}
+    assert '"batch_size": 8' in frame["config_json"].iloc[0]  # still recorded
+    other = run_benchmark(["batched"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out,
+                          overrides={"batched": {"fail_on_repeat": "5"}})
+    assert other.done == 4  # a parameter that may change scores is a new configuration
