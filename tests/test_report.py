@@ -98,6 +98,15 @@ def test_paper_layouts_and_every_format(store):
     assert bad.exit_code == 2 and "--format must be one of" in bad.output
 
 
+def test_table1_puts_datasets_side_by_side(store):
+    run_benchmark(["cpbd"], "synthetic", dataset_options={"n_prompts": 12, "image_size": 64}, repeats=2, out=store)
+    table = build_report(store, n_boot=0).tables()[0]
+    assert table.key == "table1"
+    assert table.header[1].startswith("agiqa3k (quality)") and table.header[4].startswith("synthetic (quality)")
+    cpbd = next(row for row in table.rows if row[0].text == "cpbd")
+    assert all(cell.text not in ("—", "n/a") for cell in cpbd[1:])  # a value under both datasets
+
+
 def test_compare_command(store):
     result = CliRunner().invoke(app, ["compare", "brightness", "cpbd", "--out", str(store), "--target", "quality"])
     assert result.exit_code == 0, result.output
