@@ -109,6 +109,8 @@ class Method:
 
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
         self.spec = spec
+        #: The canonical name it runs under, variant included (`create_method` sets it, e.g. "higrade.2").
+        self.name = spec.name
         self.context = context or MethodContext()
         self.config = resolve_params(spec.name, type(self).params, config or {})
         self.targets: tuple[str, ...] = ()
@@ -120,6 +122,11 @@ class Method:
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         raise NotImplementedError
+
+    def kept_checkpoint_path(self) -> Path:
+        """Where `--keep-checkpoints` saves this repeat's model: WORKDIR/checkpoints/DATASET-NAME-rREPEAT.pt."""
+        workdir = Path(self.context.workdir) if self.context.workdir is not None else Path(".")
+        return workdir / "checkpoints" / f"{self.context.dataset}-{self.name}-r{self.context.repeat}.pt"
 
     #: True when the configuration selects epochs on the test part (`selection=test-oracle`);
     #: the runner then hands the test items to `set_oracle` before `fit`.

@@ -270,10 +270,6 @@ class DeepIQAMethod(Method):
         self.train_config().check()  # bad values fail when the method is made, not after loading data
 
     @property
-    def method_name(self) -> str:
-        return getattr(self, "name", self.spec.name)
-
-    @property
     def uses_test_oracle(self) -> bool:
         return self.config["selection"] == "test-oracle"
 
@@ -354,7 +350,7 @@ class DeepIQAMethod(Method):
                      "selection": cfg.selection, "train_loss_last": last["train_loss"],
                      "pretrained": {p: str(self.config[p]) for p in self.weight_params}}
         if self.context.keep_checkpoints and self.context.workdir is not None:
-            self.info["checkpoint"] = str(self.save(self.checkpoint_path()))
+            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if self.model is None:
@@ -366,13 +362,10 @@ class DeepIQAMethod(Method):
                                crops=cfg.test_crops, crop_mode=cfg.test_crop_mode, seed=self.context.seed)
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def checkpoint_path(self) -> Path:
-        return Path(self.context.workdir) / "checkpoints" / f"{self.context.dataset}-{self.method_name}-r{self.context.repeat}.pt"
-
     def save(self, path: Path) -> Path:
         import torch
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "agiqa-bench/deep@1", "method": self.method_name, "params": self.config,
+        torch.save({"format": "agiqa-bench/deep@1", "method": self.name, "params": self.config,
                     "targets": list(self.targets), "state_dict": self.model.state_dict()}, path)
         return path

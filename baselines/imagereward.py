@@ -602,12 +602,9 @@ class ImageReward(Method):
         return self.pair_scores([(item, item.prompt) for item in items])
 
     # shared with StairReward ----------------------------------------------------------------
-    def _method_name(self) -> str:
-        return getattr(self, "name", None) or self.spec.name
-
     def pair_scores(self, pairs: Sequence[tuple[Item, str]]) -> np.ndarray:
         """ImageReward of each (item's image, prompt) pair, cached per pair and model configuration."""
-        name = self._method_name()
+        name = self.name
         files = resolve_files(self.config, name)  # before any work: a missing file fails here
         assert files is not None
         identity = {"score_version": SCORE_VERSION, "checkpoint": _file_identity(files.checkpoint),

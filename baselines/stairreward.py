@@ -107,7 +107,7 @@ class StairRewardApprox(ImageReward):
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         decay = float(self.config["decay"])
         if not (0.0 <= decay <= 1.0):
-            raise ConfigError(f"{self._method_name()}.decay must be in [0, 1] (a decaying stair weight), got {decay}")
+            raise ConfigError(f"{self.name}.decay must be in [0, 1] (a decaying stair weight), got {decay}")
         if not items:
             return np.zeros(0, dtype=np.float64)
         stairs = [stair_prompts(item.prompt, item.meta) for item in items]

@@ -128,7 +128,7 @@ class IPIQAMethod(Method):
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
                      "train_mse_last": result.history[-1]["train_mse"]}
         if self.context.keep_checkpoints and self.context.workdir is not None:
-            self.info["checkpoint"] = str(self.save(self.checkpoint_path()))
+            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if self.model is None:
@@ -139,17 +139,13 @@ class IPIQAMethod(Method):
                                cfg.eval_batch_size, cfg.amp)
 
     # -- checkpoints ----------------------------------------------------------------------
-    def checkpoint_path(self) -> Path:
-        name = getattr(self, "name", self.spec.name)
-        return Path(self.context.workdir) / "checkpoints" / f"{self.context.dataset}-{name}-r{self.context.repeat}.pt"
-
     def save(self, path: Path) -> Path:
         """A self-contained checkpoint that `agiqa-bench score` can load."""
         import torch
 
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": "agiqa-bench/ipiqa@1", "config": self.model.config.to_dict(),
-                   "targets": list(self.targets), "method": getattr(self, "name", self.spec.name),
+                   "targets": list(self.targets), "method": self.name,
                    "params": self.config, "state_dict": self.model.state_dict()}
         torch.save(payload, path)
         return path
