@@ -281,7 +281,7 @@ def score(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ):
     """Score new images with a trained model and print (or write) the predictions."""
-    from agiqa_bench.runner import resolve_device
+    from agiqa_bench.device import resolve_device
     from ipiqa.score import read_pairs_csv, score_pairs
 
     pairs = [(p, prompt or "") for p in images or []]

@@ -56,7 +56,7 @@ BUILTIN: list[MethodSpec] = [
         },
         weights=(Weights("CLIP RN50 (openai)", "pretrained",
                          "downloaded by open_clip on first use; offline, pass a local RN50.pt with --set ipiqa.pretrained=PATH",
-                         check="ipiqa.backbone:check_weights"),),
+                         check="agiqa_bench.clip:check_weights"),),
         reference="Qu, Li, Gao, ICME 2024 (arXiv 2403.18714); code Coobiw/IP-IQA",
         dataset_defaults={"synthetic": IPIQA_SYNTHETIC},
         smoke=IPIQA_SMOKE,
@@ -266,7 +266,7 @@ BUILTIN: list[MethodSpec] = [
         weights=(Weights("CLIP ViT-B/32 (openai)", "pretrained",
                          "downloaded by open_clip on first use; offline, pass OpenAI's ViT-B-32.pt with "
                          "--set clipscore.pretrained=PATH",
-                         check="ipiqa.backbone:check_weights"),),
+                         check="agiqa_bench.clip:check_weights"),),
         reference="Hessel et al., EMNLP 2021; code jmhessel/clipscore (clipscore.py)",
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
         smoke={"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"},
@@ -346,7 +346,7 @@ BUILTIN: list[MethodSpec] = [
         weights=(Weights("CLIP RN50 (openai)", "pretrained",
                          "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
                          "--set clipiqa.pretrained=PATH",
-                         check="ipiqa.backbone:check_weights"),),
+                         check="agiqa_bench.clip:check_weights"),),
         reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAFixed)",
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
         smoke={"clip_model": "agiqa-tiny-rn", "pretrained": ""},
@@ -361,7 +361,7 @@ BUILTIN: list[MethodSpec] = [
         weights=(Weights("CLIP RN50 (openai)", "pretrained",
                          "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
                          "--set clipiqa.plus.pretrained=PATH",
-                         check="ipiqa.backbone:check_weights"),),
+                         check="agiqa_bench.clip:check_weights"),),
         reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAPredictor, CoOp prompt learner)",
         # SynthAGIQA: the shipped small CLIP, native 96 px; training sized for seconds per split on a CPU
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "epochs": 30,

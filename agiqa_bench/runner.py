@@ -23,6 +23,7 @@ import numpy as np
 
 from agiqa_bench import __version__
 from agiqa_bench.datasets import load_dataset
+from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
@@ -79,19 +80,6 @@ def overrides_for(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, 
 
 def method_seed(seed: int, repeat: int, method: str) -> int:
     return (seed * 1_000_003 + repeat * 7919 + zlib.crc32(method.encode())) % (2**31 - 1)
-
-
-def resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"--device must be auto, cpu or cuda[:N], got {device!r}")
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 @dataclass

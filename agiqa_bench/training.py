@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from agiqa_bench.clip import CLIP_MEAN, CLIP_STD
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.images import load_rgb
 from agiqa_bench.records import Item
@@ -45,8 +46,6 @@ LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
 CROP_MODES = ("grid", "random")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -135,6 +134,17 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
     if config.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
     return 1.0
+
+
+def warmup_cosine(step: int, total: int, base: float, warmup: int, schedule: str = "cosine") -> float:
+    """Learning rate of update `step` (0-based) of `total`: linear warm-up over `warmup` updates, then
+    cosine decay to 0 (`schedule="cosine"`) or the base rate (`"constant"`)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def make_optimizer(groups: list[dict], config: TrainConfig):

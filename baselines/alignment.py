@@ -40,6 +40,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from agiqa_bench.clip import image_transform as clip_image_transform
+from agiqa_bench.clip import open_clip_identity, tokenizer_for
+from agiqa_bench.weights import file_identity
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
@@ -47,8 +50,6 @@ from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 
 #: OpenAI CLIP's normalisation (also used by open_clip's OpenAI/LAION weights and HPS).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: How many batches are scored between two cache writes.
 SAVE_EVERY_BATCHES = 8
 
@@ -63,26 +64,6 @@ def _not_cached(item: Item) -> np.ndarray:
     raise _NotCached(item.id)
 
 
-def hub_cached(repo: str, filename: str) -> str | None:
-    """Local path of a hub file already in the Hugging Face cache (never downloads)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo, filename)
-    except Exception:
-        return None
-    return found if isinstance(found, str) else None
-
-
-def file_identity(path: str | Path) -> str:
-    """Size and mtime of a local weights file, for cache namespaces."""
-    try:
-        st = Path(path).expanduser().stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
 def prompt_digest(prompt: str) -> str:
     return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:12]
 
@@ -92,26 +73,6 @@ def load_pil(item: Item):
     from PIL import Image
 
     return Image.fromarray(load_rgb(item.image))
-
-
-def clip_image_transform(size: int | Sequence[int], resize_on: str = "pil") -> Callable:
-    """CLIP's evaluation transform: shortest side to `size` (bicubic), centre crop, CLIP normalisation.
-
-    resize_on="pil": resize the PIL image (OpenAI's ``clip`` preprocess, open_clip's, CLIPScore's).
-    resize_on="tensor": convert to a [0, 1] tensor first and resize the tensor (HPSv2's fork of
-    open_clip does this; torchvision antialiases tensor resizes since 0.17).
-    """
-    from torchvision import transforms as T
-
-    side = int(size[0] if isinstance(size, (tuple, list)) else size)
-    resize = T.Resize(side, interpolation=T.InterpolationMode.BICUBIC)
-    crop = T.CenterCrop(side)
-    norm = T.Normalize(CLIP_MEAN, CLIP_STD)
-    if resize_on == "pil":
-        return T.Compose([resize, crop, T.ToTensor(), norm])
-    if resize_on == "tensor":
-        return T.Compose([T.ToTensor(), resize, crop, norm])
-    raise ValueError(f"resize_on must be 'pil' or 'tensor', not {resize_on!r}")
 
 
 def unique_texts(texts: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -276,8 +237,6 @@ class OpenCLIPScorer(AlignmentScorer):
         return cos
 
     def tokenizer(self):
-        from ipiqa.backbone import tokenizer_for
-
         if getattr(self, "_tokenizer", None) is None:
             self._tokenizer = tokenizer_for(self.config["clip_model"])
         return self._tokenizer
@@ -299,17 +258,3 @@ class OpenCLIPScorer(AlignmentScorer):
         pixels = torch.stack([transform(load_pil(it)) for it in items])
         cos = open_clip_cosines(model, self.tokenizer(), pixels, captions, self.context.device)
         return self.from_cosine(cos.cpu().numpy().astype(np.float64))
-
-
-def open_clip_identity(model: str, pretrained: str | None, seed: int) -> dict[str, Any]:
-    """What an open_clip model's outputs depend on: architecture, weights tag or file, or the init seed."""
-    from ipiqa.backbone import SYNTH_TAG, WEIGHTS_DIR, is_local
-
-    ident: dict[str, Any] = {"clip_model": model, "pretrained": pretrained or ""}
-    if not pretrained:
-        ident["random_init_seed"] = seed
-    elif pretrained == SYNTH_TAG:
-        ident["file"] = file_identity(WEIGHTS_DIR / f"{model}-synth.pt")
-    elif is_local(pretrained):
-        ident["file"] = file_identity(pretrained)
-    return ident

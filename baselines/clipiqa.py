@@ -96,7 +96,7 @@ from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import TrainConfig, fit_regressor, normalise
 from baselines.alignment import open_clip_identity
-from ipiqa.backbone import (
+from agiqa_bench.clip import (
     clip_weights_problem,
     load_clip,
     tokenizer_for,

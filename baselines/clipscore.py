@@ -51,7 +51,7 @@ import numpy as np
 
 from agiqa_bench.errors import ConfigError
 from baselines.alignment import OpenCLIPScorer, open_clip_identity
-from ipiqa.backbone import clip_weights_problem
+from agiqa_bench.clip import clip_weights_problem
 
 DEFAULT_PREFIX = "A photo depicts"
 DEFAULT_W = 2.5
@@ -102,7 +102,7 @@ class CLIPScore(OpenCLIPScorer):
     def load_model(self):
         import torch
 
-        from ipiqa.backbone import load_clip
+        from agiqa_bench.clip import load_clip
 
         torch.manual_seed(self.context.seed)  # random weights (pretrained="") are seeded by the run
         clip = load_clip(self.config["clip_model"], self.config["pretrained"], option=f"{self.spec.name}.pretrained")

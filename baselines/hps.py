@@ -63,7 +63,8 @@ from typing import Any, ClassVar
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
-from baselines.alignment import OpenCLIPScorer, file_identity, hub_cached
+from agiqa_bench.weights import file_identity, hf_cached as hub_cached
+from baselines.alignment import OpenCLIPScorer
 
 HPS_REPO = "xswu/HPSv2"
 HPS_V2_FILE = "HPS_v2_compressed.pt"
@@ -95,7 +96,7 @@ def checkpoint_problem(params: dict[str, Any], method: str, version: str) -> str
                     f"({ALIGN_SD_README}) and pass it with --set {method}.checkpoint=/path/to/hpc.pth")
         return f"{method}: no checkpoint given; pass the HPS file with {_fix(method)}"
     if value == SYNTH_TAG:
-        from ipiqa.backbone import WEIGHTS_DIR
+        from agiqa_bench.clip import WEIGHTS_DIR
 
         path = WEIGHTS_DIR / f"{params.get('clip_model', '')}-synth.pt"
         return None if path.is_file() else (
@@ -152,9 +153,9 @@ def load_hps_model(clip_model: str, path: str | Path, method: str):
     import open_clip
     import torch
 
-    from ipiqa.backbone import _register_configs
+    from agiqa_bench.clip import register_configs
 
-    _register_configs()
+    register_configs()
     if clip_model not in open_clip.list_models():
         raise ConfigError(f"{method}: unknown open_clip architecture {clip_model!r}")
     model = open_clip.create_model(clip_model, pretrained=None)
@@ -190,7 +191,7 @@ class HPS(OpenCLIPScorer):
         """A local file for the checkpoint (downloads and caches a hub file on first use)."""
         value = str(self.config["checkpoint"]).strip()
         if value == SYNTH_TAG:
-            from ipiqa.backbone import WEIGHTS_DIR
+            from agiqa_bench.clip import WEIGHTS_DIR
 
             return str(WEIGHTS_DIR / f"{self.config['clip_model']}-synth.pt")
         if not value.startswith(HUB_SCHEME):

@@ -75,6 +75,7 @@ from transformers import (
     BlipVisionModel,
 )
 
+from agiqa_bench.clip import CLIP_MEAN, CLIP_STD
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
@@ -97,8 +98,6 @@ BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MAX_PROMPT_TOKENS = 35
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 #: BLIP's ViTs (B/16: 768 = 12 x 64, L/16: 1024 = 16 x 64) use 64-wide attention heads.
 VISION_HEAD_WIDTH = 64
 #: Official ViT LayerNorm epsilon (timm's `partial(nn.LayerNorm, eps=1e-6)`).

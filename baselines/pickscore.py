@@ -53,11 +53,10 @@ import numpy as np
 from agiqa_bench.errors import MethodUnavailable
 from agiqa_bench.hub import offline
 from agiqa_bench.records import Item
+from agiqa_bench.weights import file_identity, hf_cached as hub_cached
 from baselines.alignment import (
     AlignmentScorer,
     cosine,
-    file_identity,
-    hub_cached,
     load_pil,
     unique_texts,
 )

@@ -54,7 +54,9 @@ from pathlib import Path
 
 import numpy as np
 
+from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import ConfigError, DataError
+from agiqa_bench.training import warmup_cosine
 
 FORMAT = "agiqa-bench/clip-pretrain@1"
 
@@ -252,13 +254,6 @@ def _param_groups(model, weight_decay: float):
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -312,7 +307,7 @@ def pretrain_clip(
     from open_clip.loss import ClipLoss
 
     from agiqa_bench.training import normalise
-    from ipiqa.backbone import load_clip, tokenizer_for
+    from agiqa_bench.clip import load_clip, tokenizer_for
 
     corpus, out = Path(corpus), Path(out)
     if epochs < 1 or batch_size < 2:
@@ -320,7 +315,7 @@ def pretrain_clip(
     if holdout < 0:
         raise ConfigError("holdout must be >= 0")
     say = log or (lambda line: None)
-    device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    device = resolve_device(device)
     start = time.perf_counter()
 
     torch.manual_seed(seed)
@@ -369,7 +364,7 @@ def pretrain_clip(
             x = normalise(x.to(device))
             t = train_tok[idx].to(device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, warmup_steps, lr)
+                group["lr"] = warmup_cosine(step, total_steps, lr, warmup_steps)
             output = clip(x, t)
             if isinstance(output, dict):
                 output = (output["image_features"], output["text_features"], output["logit_scale"])

@@ -98,7 +98,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import ConfigError, DataError, ImageReadError
+from agiqa_bench.training import warmup_cosine
 
 FORMAT = "agiqa-bench/image2prompt@1"
 STATE_FORMAT = "agiqa-bench/image2prompt-state@1"
@@ -380,7 +382,7 @@ def grid_for(visual, image_size: int) -> int:
 
 def resized_pos_embed(visual, image_size: int):
     """The visual positional embedding resized (bicubic, leading token kept) to the grid of `image_size`."""
-    from ipiqa.model import resize_attnpool_pos_embed
+    from agiqa_bench.clip import resize_attnpool_pos_embed
 
     pos = pos_embed_owner(visual).positional_embedding.data
     return resize_attnpool_pos_embed(pos, grid_for(visual, image_size))
@@ -420,8 +422,8 @@ def build_clip(clip_model: str, pretrained: str, image_size: int | None, seed: i
 
 
 def load_clip(model: str, pretrained: str):
-    """`ipiqa.backbone.load_clip` (a name of its own so tests can watch the model it makes)."""
-    from ipiqa.backbone import load_clip as load
+    """`agiqa_bench.clip.load_clip` (a name of its own so tests can watch the model it makes)."""
+    from agiqa_bench.clip import load_clip as load
 
     return load(model, pretrained)
 
@@ -726,16 +728,6 @@ def iter_batches(kept: KeptPairs, batches: list[np.ndarray], readers: ReaderCach
 
 
 # -- training ---------------------------------------------------------------------------------
-def lr_at(step: int, total: int, lr: float, warmup: int, schedule: str) -> float:
-    """Learning rate of update `step` (0-based): linear warm-up, then cosine decay to 0 or constant."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "constant":
-        return lr
-    progress = (step - warmup) / max(1, total - warmup)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def flips_for(seed: int, step: int, n: int, enabled: bool):
     """Horizontal flips of update `step`: a pure function of (seed, step), so resuming repeats them."""
     import torch
@@ -798,12 +790,6 @@ class Log:
         if self.log is not None and (force or now - self.last >= self.every):
             self.log(message)
             self.last = now
-
-
-def resolve_device(device: str) -> str:
-    from agiqa_bench.runner import resolve_device as resolve
-
-    return resolve(device)
 
 
 def warmup_steps_for(total: int, warmup_steps: int | None) -> int:
@@ -931,7 +917,7 @@ def check_settings(epochs: int, batch_size: int, lr: float, schedule: str, thres
 
 def run_filter(clip, clip_model, root, paths, state, size, batch_size, max_pairs, threshold, device, pool, save,
                logger) -> None:
-    from ipiqa.backbone import tokenizer_for
+    from agiqa_bench.clip import tokenizer_for
 
     progress = state["filter"]
     if progress["parts_done"]:
@@ -1001,7 +987,7 @@ class Trainer:
 
         step, cfg = self.progress["step"], self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, self.total, cfg["lr"], self.warmup, cfg["schedule"])
+            group["lr"] = warmup_cosine(step, self.total, cfg["lr"], self.warmup, cfg["schedule"])
         images = to_input(pixels, self.device, flips_for(cfg["seed"], step, len(rows), cfg["hflip"]))
         target = torch.from_numpy(np.asarray(self.kept.text_emb[rows])).to(self.device)
         loss = train_step(self.visual, self.optimizer, images, target, amp=self.device.startswith("cuda"))

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from ipiqa.backbone import load_clip, tokenizer_for
+from agiqa_bench.clip import load_clip, resize_attnpool_pos_embed, tokenizer_for
 
 TEXT_MODES = ("paper", "reference")
 IMAGE2PROMPT_FORMAT = "agiqa-bench/image2prompt@1"
@@ -62,20 +62,6 @@ class IPIQAConfig:
 
 
 # -- image stream ------------------------------------------------------------------------
-def resize_attnpool_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """Bicubically resize a (1 + g*g, C) attention-pool positional embedding to (1 + grid*grid, C).
-
-    The leading token (the mean token's slot) is kept as is, as in the reference code.
-    """
-    old = int(round((pos.shape[0] - 1) ** 0.5))
-    if old == grid:
-        return pos
-    lead, spatial = pos[:1], pos[1:]
-    spatial = spatial.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    spatial = F.interpolate(spatial, size=(grid, grid), mode="bicubic", align_corners=False)
-    return torch.cat([lead, spatial.permute(0, 2, 3, 1).reshape(grid * grid, -1)], dim=0)
-
-
 class ImageStream(nn.Module):
     """CLIP's image tower split into its trunk (tokens) and its own global pooling.
 

@@ -19,7 +19,7 @@ from agiqa_bench.registry import canonical_name, create_method
 from agiqa_test_support import blurred_shapes, write_image
 from baselines import alignment
 from baselines.clipscore import caption_for, clipscore_from_cosine
-from ipiqa.backbone import load_clip, tokenizer_for
+from agiqa_bench.clip import load_clip, tokenizer_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

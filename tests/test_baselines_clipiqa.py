@@ -17,7 +17,7 @@ from agiqa_bench.splits import make_splits
 from agiqa_bench.training import CLIP_MEAN, CLIP_STD
 from agiqa_test_support import blurred_shapes, write_image
 from baselines.clipiqa import PromptPairs, text_tower
-from ipiqa.backbone import load_clip, tokenizer_for, weights_available
+from agiqa_bench.clip import load_clip, tokenizer_for, weights_available
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from agiqa_bench.cli_pretrain import pretrain_app
 from agiqa_bench.errors import DataError
 from ipiqa import image2prompt as i2p
-from ipiqa.backbone import load_clip, tokenizer_for
+from agiqa_bench.clip import load_clip, tokenizer_for
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 SHAPES = ("square", "circle", "stripe")

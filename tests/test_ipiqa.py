@@ -136,7 +136,7 @@ def test_missing_weights_error_says_how_to_supply_them(tmp_path):
 def test_local_weights_load_through_the_pretrained_option(tmp_path):
     import open_clip
 
-    from ipiqa.backbone import load_clip
+    from agiqa_bench.clip import load_clip
 
     torch.manual_seed(3)
     clip = load_clip("agiqa-tiny-rn", "")
@@ -169,7 +169,7 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
 
 
 def test_image2prompt_checkpoint_loads_into_a_vit_built_at_another_size(tmp_path):
-    from ipiqa.backbone import load_clip
+    from agiqa_bench.clip import load_clip
 
     torch.manual_seed(4)
     native = load_clip("agiqa-tiny-vit", "")  # 64 px: 4x4 patches + class token
@@ -184,7 +184,7 @@ def test_image2prompt_checkpoint_loads_into_a_vit_built_at_another_size(tmp_path
 def test_streams_match_clip_itself_at_initialisation(tmp_path):
     """Parity with open_clip: the visual pooling is CLIP's image embedding and the prompt feature
     (with [QA] at its initial value) is CLIP's text embedding."""
-    from ipiqa.backbone import load_clip
+    from agiqa_bench.clip import load_clip
 
     torch.manual_seed(6)
     clip = load_clip("agiqa-tiny-rn", "")
@@ -197,7 +197,7 @@ def test_streams_match_clip_itself_at_initialisation(tmp_path):
 
 
 def test_download_errors_are_cut_at_a_sentence_not_mid_word():
-    from ipiqa.backbone import _first_sentence
+    from agiqa_bench.clip import _first_sentence
 
     long = RuntimeError("Failed to download file x.bin for repo. Last error: " + "very long detail " * 40)
     assert _first_sentence(long) == "Failed to download file x.bin for repo"

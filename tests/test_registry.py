@@ -75,7 +75,7 @@ def image2prompt_ckpt(tmp_path_factory):
     """A tiny Image2Prompt checkpoint (random visual weights) for the variants that need one."""
     import torch
 
-    from ipiqa.backbone import load_clip
+    from agiqa_bench.clip import load_clip
 
     torch.manual_seed(5)
     path = tmp_path_factory.mktemp("i2p") / "tiny-i2p.pt"

@@ -25,7 +25,7 @@ from agiqa_bench.datasets.synthetic import (
     plan_dataset,
     render_plan,
 )
-from ipiqa.backbone import load_clip, tokenizer_for
+from agiqa_bench.clip import load_clip, tokenizer_for
 from ipiqa.clip_pretrain import pretrain_clip, retrieval_accuracy
 from ipiqa.image2prompt import SkipCounts, iter_diffusiondb
 
@@ -244,7 +244,7 @@ def test_shipped_checkpoint_is_the_recorded_one_and_retrieves_unseen_pairs(tmp_p
     """The packaged synthetic CLIP: bytes as recorded, and far above chance on a corpus it never saw."""
     import hashlib
 
-    from ipiqa.backbone import WEIGHTS_DIR
+    from agiqa_bench.clip import WEIGHTS_DIR
     from ipiqa.clip_pretrain import load_pairs
 
     ckpt = WEIGHTS_DIR / "agiqa-tiny-rn-synth.pt"

@@ -1,9 +1,12 @@
-"""Loading CLIP backbones through open_clip, with errors that say how to get the weights.
+"""The harness's one door to open_clip: configs, tokenizers, weights, image geometry.
 
-`load_clip(model, pretrained)` is the one door:
+Every CLIP-based method (IP-IQA, CLIP-IQA, CLIPScore, HPS, ...) loads CLIP from
+here; no method imports another for it.
+
+`load_clip(model, pretrained)`:
 - `model`: any open_clip architecture name (`RN50-quickgelu`, `ViT-B-32`, ...) or one
   of this project's tiny offline configurations (`agiqa-tiny-rn`, `agiqa-tiny-vit`,
-  in `ipiqa/model_configs/`).
+  in `agiqa_bench/clip/model_configs/`).
 - `pretrained`: an open_clip tag (`openai`, `laion2b_s34b_b79k`, ...; downloaded
   the normal way and cached), a local checkpoint file (a state dict, open_clip's
   format, or OpenAI's JIT archive), `agiqa-synth` for the small CLIP pretrained
@@ -26,7 +29,9 @@ from agiqa_bench.errors import ConfigError, MethodUnavailable
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TINY_MODELS = ("agiqa-tiny-rn", "agiqa-tiny-vit")
-#: Tag of the CLIP pretrained on SynthAGIQA's caption corpus, shipped in ipiqa/weights/ (see its README).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: Tag of the CLIP pretrained on SynthAGIQA's caption corpus, shipped in agiqa_bench/clip/weights/ (see its README).
 SYNTH_TAG = "agiqa-synth"
 
 
@@ -38,13 +43,14 @@ def builtin_weights(model: str, pretrained: str | None) -> str | None:
     if not path.is_file():
         raise MethodUnavailable(
             f"no built-in synthetic CLIP for {model!r} in this installation ({path} is missing). "
-            "Rebuild it with the commands in ipiqa/weights/README.md, or pick another --set ...pretrained=."
+            "Rebuild it with the commands in agiqa_bench/clip/weights/README.md, or pick another --set ...pretrained=."
         )
     return str(path)
 
 
 @functools.cache
-def _register_configs() -> None:
+def register_configs() -> None:
+    """Make open_clip know the tiny offline configurations (once per process)."""
     import open_clip
 
     open_clip.add_model_config(CONFIG_DIR)
@@ -69,7 +75,7 @@ def weights_available(model: str, pretrained: str | None) -> bool | None:
         import open_clip
         from huggingface_hub import try_to_load_from_cache
 
-        _register_configs()
+        register_configs()
         cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
         repo = cfg.get("hf_hub", "").rstrip("/")
         if not repo:
@@ -106,7 +112,7 @@ def clip_weights_problem(model: str, pretrained: str | None, method: str, param:
         try:
             import open_clip
 
-            _register_configs()
+            register_configs()
             cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
             parts = [f"hf-hub:{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else "", cfg.get("url", "")]
             sources = " or ".join(p for p in parts if p)
@@ -126,7 +132,7 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     """
     import open_clip
 
-    _register_configs()
+    register_configs()
     if model not in open_clip.list_models():
         raise ConfigError(f"unknown CLIP architecture {model!r}; see open_clip.list_models() or use one of {TINY_MODELS}")
     kwargs = {"force_image_size": image_size} if image_size else {}
@@ -170,5 +176,61 @@ def _first_sentence(exc: Exception, limit: int = 240) -> str:
 def tokenizer_for(model: str):
     import open_clip
 
-    _register_configs()
+    register_configs()
     return open_clip.get_tokenizer(model)
+
+
+def synth_checkpoint(model: str) -> Path:
+    """The shipped SynthAGIQA CLIP checkpoint for architecture `model` (may not exist for every model)."""
+    return WEIGHTS_DIR / f"{model}-synth.pt"
+
+
+def resize_attnpool_pos_embed(pos, grid: int):
+    """Bicubically resize a (1 + g*g, C) attention-pool positional embedding to (1 + grid*grid, C).
+
+    The leading token (the mean token's slot) is kept as is, as in the IP-IQA reference code.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    old = int(round((pos.shape[0] - 1) ** 0.5))
+    if old == grid:
+        return pos
+    lead, spatial = pos[:1], pos[1:]
+    spatial = spatial.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    spatial = F.interpolate(spatial, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([lead, spatial.permute(0, 2, 3, 1).reshape(grid * grid, -1)], dim=0)
+
+
+def image_transform(size, resize_on: str = "pil"):
+    """CLIP's evaluation transform: shortest side to `size` (bicubic), centre crop, CLIP normalisation.
+
+    resize_on="pil": resize the PIL image (OpenAI's ``clip`` preprocess, open_clip's, CLIPScore's).
+    resize_on="tensor": convert to a [0, 1] tensor first and resize the tensor (HPSv2's fork of
+    open_clip does this; torchvision antialiases tensor resizes since 0.17).
+    """
+    from torchvision import transforms as T
+
+    side = int(size[0] if isinstance(size, (tuple, list)) else size)
+    resize = T.Resize(side, interpolation=T.InterpolationMode.BICUBIC)
+    crop = T.CenterCrop(side)
+    norm = T.Normalize(CLIP_MEAN, CLIP_STD)
+    if resize_on == "pil":
+        return T.Compose([resize, crop, T.ToTensor(), norm])
+    if resize_on == "tensor":
+        return T.Compose([T.ToTensor(), resize, crop, norm])
+    raise ValueError(f"resize_on must be 'pil' or 'tensor', not {resize_on!r}")
+
+
+def open_clip_identity(model: str, pretrained: str | None, seed: int) -> dict[str, Any]:
+    """What an open_clip model's outputs depend on: architecture, weights tag or file, or the init seed."""
+    from agiqa_bench.weights import file_identity
+
+    ident: dict[str, Any] = {"clip_model": model, "pretrained": pretrained or ""}
+    if not pretrained:
+        ident["random_init_seed"] = seed
+    elif pretrained == SYNTH_TAG:
+        ident["file"] = file_identity(WEIGHTS_DIR / f"{model}-synth.pt")
+    elif is_local(pretrained):
+        ident["file"] = file_identity(pretrained)
+    return ident

@@ -1,0 +1,235 @@
+"""One resolver for every weights file, and one identity for what a file holds.
+
+A weights reference (the value of a method parameter such as `pretrained`,
+`checkpoint` or `params`) is one of:
+
+- a local path (`~/models/RN50.pt`, `./hpc.pth`): used as is, it must exist;
+- a shipped tag (`agiqa-synth`, `agiqa-smoke`): a file inside this package,
+  named by the method's `Source` table;
+- a hub tag (`openai`, `imagenet`, `pyiqa`, ...): a `Source` the method
+  declares, fetched the normal way (Hugging Face hub or a URL into the torch
+  hub cache) and reused from the cache;
+- `hf-hub:owner/repo/path/in/repo[@revision]`: any file on the Hugging Face hub;
+- "" (or `none` / `random`): no file, random initialisation, where a method
+  allows it.
+
+`resolve(...)` returns the local `Path` or raises `WeightsUnavailable`, whose
+message has one shape everywhere: which file, where it comes from, and the
+`--set` option that supplies a local copy.  Downloads obey the one offline
+switch (`agiqa_bench.hub.offline`).
+
+`identity(path)` is the file's size and the start of its sha256 (cached by
+size and mtime), which goes into every method's configuration hash: a new
+checkpoint under an old name computes new rows instead of reusing old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from agiqa_bench.errors import MethodUnavailable
+from agiqa_bench.hub import offline
+
+RANDOM_INIT = ("", "none", "random")
+HF_PREFIX = "hf-hub:"
+
+
+class WeightsUnavailable(MethodUnavailable):
+    """A weights file that is not here and cannot be fetched; the message says how to supply it."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a tagged weights file comes from.
+
+    Exactly one of `hf` (``repo/path/in/repo[@revision]`` on the Hugging Face
+    hub), `url` (downloaded into the torch hub cache under `cache_folder`) or
+    `shipped` (a file inside this package) is set.
+    """
+
+    what: str
+    hf: str = ""
+    url: str = ""
+    cache_folder: str = "checkpoints"
+    shipped: Path | None = None
+
+    @property
+    def filename(self) -> str:
+        if self.shipped is not None:
+            return self.shipped.name
+        if self.hf:
+            return parse_hf(HF_PREFIX + self.hf)[1].rsplit("/", 1)[-1]
+        return self.url.rsplit("/", 1)[-1]
+
+    def where(self) -> str:
+        if self.shipped is not None:
+            return f"shipped with agiqa-bench ({self.shipped})"
+        if self.hf:
+            return f"{HF_PREFIX}{self.hf}"
+        return self.url
+
+    def cache_path(self) -> Path | None:
+        """Where the file is (or will be) cached locally; None for hub files not yet cached."""
+        if self.shipped is not None:
+            return self.shipped
+        if self.url:
+            return torch_hub_dir() / self.cache_folder / self.filename
+        repo, filename, revision = parse_hf(HF_PREFIX + self.hf)
+        found = hf_cached(repo, filename, revision)
+        return Path(found) if found else None
+
+
+def torch_hub_dir() -> Path:
+    """torch's hub cache folder ($TORCH_HOME/hub, by default ~/.cache/torch/hub), read at call time."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return Path(home) / "hub"
+
+
+def is_random(ref) -> bool:
+    return ref is None or str(ref).strip().lower() in RANDOM_INIT
+
+
+def is_local(ref) -> bool:
+    """A reference that names a file: it holds a path separator or has a file suffix."""
+    text = str(ref or "")
+    return bool(text) and not text.startswith(HF_PREFIX) and (os.sep in text or "/" in text or Path(text).suffix != "")
+
+
+def parse_hf(ref: str) -> tuple[str, str, str | None]:
+    """'hf-hub:owner/repo/dir/file.pt@rev' -> ('owner/repo', 'dir/file.pt', 'rev')."""
+    body = ref[len(HF_PREFIX):] if ref.startswith(HF_PREFIX) else ref
+    body, _, revision = body.partition("@")
+    parts = body.strip("/").split("/")
+    if len(parts) < 3:
+        raise ValueError(f"a hub reference is hf-hub:owner/repo/path/to/file[@revision], got {ref!r}")
+    return "/".join(parts[:2]), "/".join(parts[2:]), (revision or None)
+
+
+def hf_cached(repo: str, filename: str, revision: str | None = None) -> str | None:
+    """Local path of a hub file already in the Hugging Face cache (never downloads)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo, filename, revision=revision)
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
+
+
+def unavailable(method: str, param: str, what: str, why: str, source: str = "") -> WeightsUnavailable:
+    """The one shape of every weights error: file, why, where it comes from, the --set that supplies it."""
+    origin = f" Source: {source}." if source else ""
+    return WeightsUnavailable(
+        f"{method}.{param}: {what} is not available ({why}).{origin} "
+        f"Supply a local copy with --set {method}.{param}=PATH")
+
+
+def resolve(ref, *, method: str, param: str, sources: Mapping[str, Source] | None = None,
+            what: str = "the weights file", download: bool = True) -> Path:
+    """The local file a weights reference names (see the module docstring); raises `WeightsUnavailable`.
+
+    `sources` maps the tags the method accepts to their `Source`; `download=False`
+    only looks (local files and caches), as the `methods` listing does.
+    """
+    sources = sources or {}
+    text = str(ref).strip()
+    if text in sources:
+        source = sources[text]
+        return _fetch(source, method=method, param=param, download=download)
+    if text.startswith(HF_PREFIX):
+        try:
+            parse_hf(text)
+        except ValueError as exc:
+            raise unavailable(method, param, what, str(exc)) from None
+        return _fetch(Source(what, hf=text[len(HF_PREFIX):]), method=method, param=param, download=download)
+    if is_local(text):
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise unavailable(method, param, f"{what} {path}", "no such file")
+        return path
+    known = ", ".join(repr(t) for t in sources) or "none"
+    raise unavailable(method, param, what, f"{text!r} is neither a file path nor a known tag (tags: {known}; "
+                                           f"or {HF_PREFIX}owner/repo/file)")
+
+
+def available(ref, *, sources: Mapping[str, Source] | None = None) -> bool:
+    """True when `resolve` would succeed without a download (random init counts as available)."""
+    if is_random(ref):
+        return True
+    try:
+        resolve(ref, method="?", param="?", sources=sources, download=False)
+    except MethodUnavailable:
+        return False
+    return True
+
+
+_download_lock = threading.Lock()
+
+
+def _fetch(source: Source, *, method: str, param: str, download: bool) -> Path:
+    what = f"{source.what} ({source.filename})"
+    if source.shipped is not None:
+        if source.shipped.is_file():
+            return source.shipped
+        raise unavailable(method, param, what, f"{source.shipped} is missing from this installation", source.where())
+    cached = source.cache_path()
+    if cached is not None and cached.is_file():
+        return cached
+    if not download:
+        raise unavailable(method, param, what, "not in the local cache", source.where())
+    if offline():
+        raise unavailable(method, param, what, "not in the local cache and downloads are off "
+                                               "(AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE)", source.where())
+    try:
+        with _download_lock:
+            if source.url:
+                import torch.hub
+
+                path = source.cache_path()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(source.url, str(path), progress=True)
+                return path
+            from huggingface_hub import hf_hub_download
+
+            repo, filename, revision = parse_hf(HF_PREFIX + source.hf)
+            return Path(hf_hub_download(repo, filename, revision=revision))
+    except Exception as exc:  # network errors come in many types; all mean "not downloadable here"
+        first = " ".join(str(exc).split())[:160]
+        raise unavailable(method, param, what, f"the download failed: {type(exc).__name__}: {first}",
+                          source.where()) from None
+
+
+_identity_cache: dict[tuple[str, int, int], str] = {}
+
+
+def identity(path: str | Path) -> str:
+    """'<size>:<sha256 prefix>' of a file (of every file, for a folder); 'missing' when absent.
+
+    Cached by (path, size, mtime), so a large checkpoint is hashed once per process.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        parts = [f"{p.relative_to(path)}={identity(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
+        return "dir:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _identity_cache:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _identity_cache[key] = f"{st.st_size}:{h.hexdigest()[:16]}"
+    return _identity_cache[key]
+
+
+#: The name the feature caches use.
+file_identity = identity
