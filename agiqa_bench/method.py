@@ -1,8 +1,10 @@
 """The one interface every method implements, and the spec that describes it.
 
 A method is a name plus a `MethodSpec` (what it is, what it needs) plus a class
-with `fit` / `predict`.  Specs are plain data kept in `agiqa_bench.registry`, so
-listing methods never imports model code.
+with `fit` / `predict`.  Each method module declares its spec beside its class
+and registers it through the `agiqa_bench.methods` entry points (see
+`agiqa_bench.registry`); specs are plain data, so listing methods never imports
+model code.
 
 Contract:
 - `fit(train, val, targets)` trains on `train` (and may use `val` for model
@@ -45,6 +47,8 @@ class Weights:
     param: str
     hint: str
     check: str | None = None
+    #: The variants this entry applies to (empty: every variant), e.g. one checkpoint per HPS version.
+    variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class MethodSpec:
     default_run: bool = True  # part of `agiqa-bench run` when no --methods is given
     #: Variants the default run uses instead of the bare name (e.g. HIGRADE's two models).
     default_variants: tuple[str, ...] = ()
+    #: The variant the bare name stands for (e.g. `hps` is `hps.v2_1`); the bare name is then not listed.
+    canonical_variant: str | None = None
     smoke: dict = field(default_factory=dict)  # overrides for a fast smoke run (contract tests)
     #: Per-dataset parameter defaults, applied before variant and user overrides
     #: (e.g. the tiny offline backbone on `synthetic`); recorded with every result.
@@ -107,10 +113,15 @@ class Method:
     #: changing them neither starts new rows nor splits a method's results.
     runtime_params: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
+    #: Bump when the method's scores change for the same parameters (a fix, a new feature version): it is
+    #: part of the configuration hash, so old results are recomputed instead of mixed with new ones.
+    version: ClassVar[str] = "1"
+
+    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
+                 *, name: str | None = None):
         self.spec = spec
-        #: The canonical name it runs under, variant included (`create_method` sets it, e.g. "higrade.2").
-        self.name = spec.name
+        #: The canonical name it runs under, variant included (e.g. "higrade.2").
+        self.name = name or spec.name
         self.context = context or MethodContext()
         self.config = resolve_params(spec.name, type(self).params, config or {})
         self.targets: tuple[str, ...] = ()

@@ -124,8 +124,8 @@ class AlignmentScorer(Method):
     #: Bump when the computation changes, so cached scores are recomputed.
     score_version: ClassVar[str] = "1"
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         self.info: dict[str, Any] = {}
         if int(self.config["batch_size"]) < 1:
             raise ConfigError(f"{spec.name}.batch_size must be at least 1")

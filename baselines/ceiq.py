@@ -49,6 +49,18 @@ from scipy import ndimage
 
 from baselines.cpbd import matlab_round, rgb2gray_uint8
 from baselines.svr import FeatureSVR
+from agiqa_bench.method import MethodSpec
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="ceiq",
+    family="svr",
+    factory="baselines.ceiq:CEIQ",
+    kind="trainable",
+    summary="Contrast-enhancement features (SSIM + 4 entropies) with an RBF SVR trained per split.",
+    variants={"grid": {"search": "grid"}},
+    reference="Yan, Li, Fu, arXiv 1904.08879; features from the official ceiq.m",
+)
 
 HISTEQ_LEVELS = 64
 HIST_BINS = 128

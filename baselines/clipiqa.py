@@ -92,7 +92,7 @@ import torch.nn.functional as F
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
-from agiqa_bench.method import Method
+from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
 from agiqa_bench.training import TrainConfig, fit_regressor, normalise
 from baselines.alignment import open_clip_identity
@@ -101,6 +101,42 @@ from agiqa_bench.clip import (
     load_clip,
     tokenizer_for,
 )
+
+#: This module's registry entries (registered through the `agiqa_bench.methods` entry points).
+SPECS = [
+    MethodSpec(
+        name="clipiqa",
+        family="deep",
+        factory="baselines.clipiqa:CLIPIQA",
+        kind="zero-shot",
+        summary="CLIP-IQA: CLIP RN50 (attention pool without positional embedding), p('Good photo.') vs 'Bad photo.'.",
+        weights=(Weights("CLIP RN50 (openai)", "pretrained",
+                         "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
+                         "--set clipiqa.pretrained=PATH",
+                         check="agiqa_bench.clip:check_weights"),),
+        reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAFixed)",
+        dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
+        smoke={"clip_model": "agiqa-tiny-rn", "pretrained": ""},
+    ),
+    MethodSpec(
+        name="clipiqa.plus",
+        family="deep",
+        factory="baselines.clipiqa:CLIPIQAPlus",
+        kind="trainable",
+        summary="CLIP-IQA+: CoOp context vectors around the antonym prompts (one pair per target), CLIP frozen.",
+        joint_targets=True,
+        weights=(Weights("CLIP RN50 (openai)", "pretrained",
+                         "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
+                         "--set clipiqa.plus.pretrained=PATH",
+                         check="agiqa_bench.clip:check_weights"),),
+        reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAPredictor, CoOp prompt learner)",
+        # SynthAGIQA: the shipped small CLIP, native 96 px; training sized for seconds per split on a CPU
+        dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "epochs": 30,
+                                        "batch_size": 32}},
+        smoke={"clip_model": "agiqa-tiny-rn", "pretrained": "", "n_ctx": 4, "epochs": 1, "batch_size": 8,
+               "selection": "last"},
+    ),
+]
 
 DEFAULT_POSITIVE = "Good photo."
 DEFAULT_NEGATIVE = "Bad photo."
@@ -284,8 +320,8 @@ class CLIPIQA(Method):
         "pos_embedding": False,
     }
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         self._clip = None
         self._cache: FeatureCache | None = None
         self.info: dict[str, Any] = {}
@@ -383,8 +419,8 @@ class CLIPIQAPlus(CLIPIQA):
         "selection": "val",
     }
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         self.model = None
         self._oracle: Sequence[Item] | None = None
 

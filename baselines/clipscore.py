@@ -52,6 +52,25 @@ import numpy as np
 from agiqa_bench.errors import ConfigError
 from baselines.alignment import OpenCLIPScorer, open_clip_identity
 from agiqa_bench.clip import clip_weights_problem
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="clipscore",
+    family="alignment",
+    factory="baselines.clipscore:CLIPScore",
+    kind="zero-shot",
+    summary="CLIPScore: 2.5 * max(cos(image, 'A photo depicts ' + prompt), 0) with CLIP ViT-B/32.",
+    inputs=("image", "prompt"),
+    variants={"vit_l14": {"clip_model": "ViT-L-14-quickgelu", "pretrained": "openai"}},
+    weights=(Weights("CLIP ViT-B/32 (openai)", "pretrained",
+                     "downloaded by open_clip on first use; offline, pass OpenAI's ViT-B-32.pt with "
+                     "--set clipscore.pretrained=PATH",
+                     check="agiqa_bench.clip:check_weights"),),
+    reference="Hessel et al., EMNLP 2021; code jmhessel/clipscore (clipscore.py)",
+    dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
+    smoke={"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"},
+)
 
 DEFAULT_PREFIX = "A photo depicts"
 DEFAULT_W = 2.5
@@ -81,8 +100,8 @@ class CLIPScore(OpenCLIPScorer):
     }
     family: ClassVar[str] = "clipscore"
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         if float(self.config["w"]) <= 0:
             raise ConfigError(f"{spec.name}.w must be positive (the official value is {DEFAULT_W})")
 

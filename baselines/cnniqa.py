@@ -43,6 +43,30 @@ from pyiqa.archs.cnniqa_arch import CNNIQA
 from torch import nn
 
 from baselines.deep import TRAIN_PARAMS, DeepIQAMethod
+from agiqa_bench.method import MethodSpec
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="cnniqa",
+    family="deep",
+    factory="baselines.cnniqa:CNNIQAMethod",
+    kind="trainable",
+    summary="CNNIQA: conv 7x7x50, max+min pooling, FC 800-800 (pyiqa's RGB architecture), trained from scratch "
+            "per split with pyiqa's recipe; needs no weights; seconds per repeat on synthetic.",
+    joint_targets=True,
+    variants={
+        # the paper's 32 px LCN patches, L1, mean over the non-overlapping tiles of the 512 resize (lidq92/CNNIQA)
+        "kang": {"crop_size": 32, "crops_per_image": 256, "test_crops": 256, "test_crop_mode": "grid", "lcn": True,
+                 "loss": "l1", "optimizer": "adam", "lr": 1e-4, "weight_decay": 0.0, "batch_size": 128,
+                 "epochs": 100, "lr_schedule": "constant", "hflip": False},
+    },
+    reference="Kang, Ye, Li, Doermann, CVPR 2014; pyiqa cnniqa_arch and train_CNNIQA.yml; lidq92/CNNIQA (kang)",
+    # 96 px images: 48 px crops, 8 epochs (LR x0.5 at 5 and 7): seconds per repeat on a CPU
+    dataset_defaults={"synthetic": {"image_size": 96, "crop_size": 48, "batch_size": 16, "epochs": 8,
+                                    "lr_milestones": "5,7"}},
+    smoke={"image_size": 48, "crop_size": 32, "crops_per_image": 1, "test_crops": 4, "epochs": 1, "batch_size": 8,
+           "selection": "last"},
+)
 
 
 def local_contrast_normalise(x: torch.Tensor, window: int = 3, c: float = 1.0 / 255) -> torch.Tensor:

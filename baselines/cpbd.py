@@ -77,8 +77,19 @@ from scipy import ndimage
 
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.images import load_rgb, to_gray
-from agiqa_bench.method import Method
+from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.records import Item
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="cpbd",
+    family="handcrafted",
+    factory="baselines.cpbd:CPBD",
+    kind="zero-shot",
+    summary="Cumulative probability of blur detection (sharpness), the paper's 'DSIQA'.",
+    aliases=("dsiqa",),
+    reference="Narvekar & Karam, TIP 2011; port of the official CPBD_compute.m",
+)
 
 #: Bump when the computation changes, so cached scores are recomputed.
 CPBD_VERSION = "1"

@@ -50,6 +50,35 @@ from baselines.deep import (
     DeepIQAMethod,
     load_into,
 )
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="dbcnn",
+    family="deep",
+    factory="baselines.dbcnn:DBCNNMethod",
+    kind="trainable",
+    summary="DBCNN: ImageNet VGG-16 x synthetic-distortion S-CNN bilinear pooling, FC then all layers trained per "
+            "split (official two stages); needs VGG-16 and S-CNN weights (random init on synthetic); GPU-sized.",
+    joint_targets=True,
+    weights=(Weights("ImageNet VGG-16 (torchvision IMAGENET1K_V1, vgg16-397923af.pth)", "backbone_weights",
+                     "downloaded by torchvision's URL into the torch hub cache on first use; offline, pass a local "
+                     "copy with --set dbcnn.backbone_weights=PATH",
+                     check="baselines.deep:vgg16_available"),
+             Weights("DBCNN S-CNN pretrained on synthetic distortions (pyiqa DBCNN_scnn-7ea73d75.pth)",
+                     "scnn_weights",
+                     "downloaded from pyiqa's weights repository into the torch hub cache on first use; offline, "
+                     "pass DBCNN_scnn-7ea73d75.pth or the official scnn.pkl with --set dbcnn.scnn_weights=PATH",
+                     check="baselines.deep:scnn_available")),
+    reference="Zhang, Ma, Yan, Deng, Wang, TCSVT 2020; zwx8981/DBCNN-PyTorch; pyiqa dbcnn_arch",
+    default_run=False,  # VGG-16 at 448 px: GPU work; offline it runs only from random weights
+    # random init (offline), 64 px crops, 1 FC-only + 2 full epochs: a minute or two per repeat on a CPU
+    dataset_defaults={"synthetic": {"backbone_weights": "", "scnn_weights": "", "image_size": 96, "crop_size": 64,
+                                    "batch_size": 16, "fc_epochs": 1, "epochs": 2, "lr": 1e-4,
+                                    "eval_batch_size": 32}},
+    smoke={"backbone_weights": "", "scnn_weights": "", "image_size": 48, "crop_size": 32, "fc_epochs": 1,
+           "epochs": 1, "batch_size": 6, "selection": "last"},
+)
 
 
 def vgg16_features(state: dict | None, method: str = "dbcnn") -> nn.Sequential:

@@ -259,8 +259,8 @@ class DeepIQAMethod(Method):
     mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
     std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         self.net = None  # the network `build` made
         self.model = None  # the network with its MOS scaling: what is trained and predicts
         if self.config["mos_scaling"] not in ("minmax", "none"):

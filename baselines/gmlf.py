@@ -59,6 +59,18 @@ import numpy as np
 from baselines.cpbd import rgb2gray_uint8
 from baselines.nss import filter2_same, gaussian_taps, separable_filter2_same
 from baselines.svr import FeatureSVR
+from agiqa_bench.method import MethodSpec
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="gmlf",
+    family="svr",
+    factory="baselines.gmlf:GMLF",
+    kind="trainable",
+    summary="GM-LOG: joint statistics of gradient magnitude and Laplacian of Gaussian (40 features) with an RBF SVR.",
+    variants={"grid": {"search": "grid"}},
+    reference="Xue, Mou, Zhang, Bovik, Feng, TIP 2014; features from the authors' Grad_LOG_CP_TIP.m",
+)
 
 SIGMA = 0.5
 GM_LOG_RATIO = 2.5  # average GM / LoG ratio on LIVE

@@ -81,6 +81,20 @@ from scipy import ndimage
 from agiqa_bench.errors import ConfigError
 from baselines.nss import filter2_same, gaussian_taps, ggd_fit, imresize_half, mscn
 from baselines.svr import FeatureSVR
+from agiqa_bench.method import MethodSpec
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="higrade",
+    family="svr",
+    factory="baselines.higrade:HIGRADE",
+    kind="trainable",
+    summary="HIGRADE: Lab scene statistics + gradient (HIGRADE-1, 216-d) or coherency (HIGRADE-2, 120-d) with an RBF SVR.",
+    variants={"1": {"version": 1}, "2": {"version": 2},
+              "1.grid": {"version": 1, "search": "grid"}, "2.grid": {"version": 2, "search": "grid"}},
+    default_variants=("1", "2"),
+    reference="Kundu, Ghadiyaram, Bovik, Evans, TIP 2017; features from the official utlive/higrade release",
+)
 
 VERSIONS = (1, 2)
 N_SCALES = 2

@@ -65,6 +65,57 @@ from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
 from agiqa_bench.weights import file_identity, hf_cached as hub_cached
 from baselines.alignment import OpenCLIPScorer
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This module's registry entries (registered through the `agiqa_bench.methods` entry points).
+SPECS = [
+    MethodSpec(
+        name="hps.v2_1",
+        family="alignment",
+        factory="baselines.hps:HPS",
+        kind="zero-shot",
+        summary="HPS v2.1: cos(image, prompt) of OpenCLIP ViT-H/14 fine-tuned on HPDv2 (HPS_v2.1_compressed.pt).",
+        inputs=("image", "prompt"),
+        aliases=("hps",),
+        weights=(Weights("HPS v2.1 checkpoint HPS_v2.1_compressed.pt (HF xswu/HPSv2)", "checkpoint",
+                         "downloaded by huggingface_hub on first use; offline, pass the file with "
+                         "--set hps.v2_1.checkpoint=PATH",
+                         check="baselines.hps:checkpoint_available"),),
+        reference="Wu et al., arXiv 2306.09341; code tgxs002/HPSv2 (hpsv2/img_score.py)",
+        default_run=False,
+        # the HPS code path on the shipped synthetic CLIP (not an HPS model): offline contract tests only
+        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
+    ),
+    MethodSpec(
+        name="hps.v2",
+        family="alignment",
+        factory="baselines.hps:HPSv2",
+        kind="zero-shot",
+        summary="HPS v2 (hpsv2's 'v2.0'): cos(image, prompt) of OpenCLIP ViT-H/14 fine-tuned on HPDv2.",
+        inputs=("image", "prompt"),
+        weights=(Weights("HPS v2 checkpoint HPS_v2_compressed.pt (HF xswu/HPSv2)", "checkpoint",
+                         "downloaded by huggingface_hub on first use; offline, pass the file with "
+                         "--set hps.v2.checkpoint=PATH",
+                         check="baselines.hps:checkpoint_available"),),
+        reference="Wu et al., arXiv 2306.09341; code tgxs002/HPSv2 (hpsv2/img_score.py)",
+        default_run=False,
+        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
+    ),
+    MethodSpec(
+        name="hps.v1",
+        family="alignment",
+        factory="baselines.hps:HPSv1",
+        kind="zero-shot",
+        summary="HPS v1: cos(image, prompt) of OpenAI CLIP ViT-L/14 fine-tuned on Discord preference data (hpc.pth).",
+        inputs=("image", "prompt"),
+        weights=(Weights("HPS v1 checkpoint hpc.pth (OneDrive link in the tgxs002/align_sd README; on no hub)",
+                         "checkpoint", "download it by hand, then --set hps.v1.checkpoint=/path/to/hpc.pth",
+                         check="baselines.hps:checkpoint_available"),),
+        reference="Wu et al., ICCV 2023 (arXiv 2303.14420); code tgxs002/align_sd (README)",
+        default_run=False,
+        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
+    ),
+]
 
 HPS_REPO = "xswu/HPSv2"
 HPS_V2_FILE = "HPS_v2_compressed.pt"

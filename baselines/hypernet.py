@@ -56,6 +56,32 @@ from torch import nn
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.training import TrainConfig
 from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod, load_into
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="hypernet",
+    family="deep",
+    factory="baselines.hypernet:HyperIQAMethod",
+    kind="trainable",
+    summary="HyperIQA: ImageNet ResNet-50 whose content features generate the weights of a small quality "
+            "network; 25 random 224 crops per image (official recipe); needs ImageNet ResNet-50 weights "
+            "(random init on synthetic); GPU-sized.",
+    joint_targets=True,
+    weights=(Weights("ImageNet ResNet-50 (torchvision IMAGENET1K_V1, resnet50-0676ba61.pth)", "backbone_weights",
+                     "downloaded by torchvision's URL into the torch hub cache on first use; offline, pass a local "
+                     "copy with --set hypernet.backbone_weights=PATH",
+                     check="baselines.deep:resnet50_available"),),
+    aliases=("hyperiqa",),
+    reference="Su et al., CVPR 2020; SSL92/hyperIQA; pyiqa hypernet_arch",
+    default_run=False,  # ResNet-50 on 25 x 224 crops per image: GPU work
+    # random init (offline), 2 crops of 64 px per image and epoch, 4 test crops, 3 epochs: minutes on a CPU
+    dataset_defaults={"synthetic": {"backbone_weights": "", "image_size": 96, "crop_size": 64,
+                                    "crops_per_image": 2, "test_crops": 4, "batch_size": 16, "epochs": 3,
+                                    "lr": 1e-4, "lr_schedule": "constant", "reset_optimizer": False}},
+    smoke={"backbone_weights": "", "image_size": 48, "crop_size": 32, "crops_per_image": 1, "test_crops": 2,
+           "epochs": 1, "batch_size": 8, "selection": "last"},
+)
 
 LDA_CELLS = (8, 4, 2, 1)  # AvgPool2d(7, stride 7) output sizes on the 224 px stage maps (56, 28, 14, 7)
 FEATURE_SIZE = 7  # stage-4 map side at 224 px

@@ -80,8 +80,29 @@ from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
 from agiqa_bench.images import open_image
-from agiqa_bench.method import Method
+from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="imagereward",
+    family="alignment",
+    factory="baselines.imagereward:ImageReward",
+    kind="zero-shot",
+    summary="ImageReward: BLIP (ViT-L + BERT with cross-attention) reward model of human preference, "
+            "standardised score of each image against its prompt.",
+    inputs=("image", "prompt"),
+    weights=(Weights("ImageReward v1.0 (ImageReward.pt + med_config.json) and bert-base-uncased vocab.txt",
+                     "checkpoint",
+                     "downloaded from the Hugging Face hub (THUDM/ImageReward, google-bert/bert-base-uncased) "
+                     "on first use; offline, pass local files with --set imagereward.checkpoint=PATH "
+                     "(ImageReward.pt or its folder) and --set imagereward.tokenizer_vocab=PATH",
+                     check="baselines.imagereward:weights_available"),),
+    reference="Xu et al., NeurIPS 2023; code THUDM/ImageReward (image-reward 1.5), re-implemented on "
+              "transformers' BLIP modules",
+    smoke={"checkpoint": "agiqa-smoke"},  # tiny random-weight checkpoint shipped for smoke tests only
+    default_run=False,  # needs the 1.7 GB ImageReward weights (not available offline / on synthetic)
+)
 
 HUB_PREFIX = "hf-hub:"
 DEFAULT_CHECKPOINT = "hf-hub:THUDM/ImageReward"

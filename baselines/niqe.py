@@ -59,8 +59,25 @@ import numpy as np
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, DataError, MethodUnavailable
 from agiqa_bench.images import load_rgb
-from agiqa_bench.method import Method
+from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="niqe",
+    family="handcrafted",
+    factory="baselines.niqe:NIQE",
+    kind="zero-shot",
+    summary="NIQE: distance of the image's natural-scene-statistics MVG to a pristine MVG (pyiqa's implementation).",
+    lower_is_better=True,
+    weights=(Weights("NIQE pristine MVG parameters (official, niqe_modelparameters.mat)", "params",
+                     "downloaded by pyiqa on first use; offline, pass a .mat/.npz with --set niqe.params=PATH "
+                     "or fit one with `agiqa-bench pretrain niqe`",
+                     check="baselines.niqe:params_available"),),
+    reference="Mittal, Soundararajan, Bovik, IEEE SPL 2013; pyiqa niqe_arch (port of the MATLAB release)",
+    dataset_defaults={"synthetic": {"params": "agiqa-synth", "block_size": 32}},
+    smoke={"params": "agiqa-synth", "block_size": 32},
+)
 
 NIQE_VERSION = "1"
 OFFICIAL = "official"
@@ -240,8 +257,8 @@ class NIQE(Method):
         "color_space": "yiq",  # pyiqa's default luma; "ycbcr" for BasicSR's
     }
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         if int(self.config["block_size"]) < 8:
             raise ConfigError(f"niqe.block_size must be at least 8, not {self.config['block_size']!r}")
         if str(self.config["color_space"]).lower() not in ("yiq", "ycbcr"):

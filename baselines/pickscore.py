@@ -60,6 +60,29 @@ from baselines.alignment import (
     load_pil,
     unique_texts,
 )
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="pickscore",
+    family="alignment",
+    factory="baselines.pickscore:PickScore",
+    kind="zero-shot",
+    summary="PickScore v1: logit_scale * cos(image, prompt) of CLIP ViT-H/14 fine-tuned on Pick-a-Pic.",
+    inputs=("image", "prompt"),
+    weights=(Weights("PickScore model yuvalkirstain/PickScore_v1 (HF)", "model",
+                     "downloaded by transformers on first use; offline, pass a local folder with "
+                     "--set pickscore.model=PATH",
+                     check="baselines.pickscore:model_available"),
+             Weights("CLIP processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K (HF)", "processor",
+                     "downloaded by transformers on first use; offline, pass a local folder with "
+                     "--set pickscore.processor=PATH",
+                     check="baselines.pickscore:processor_available")),
+    reference="Kirstain et al., NeurIPS 2023; code yuvalkirstain/PickScore (README)",
+    default_run=False,
+    # a random tiny CLIP and the offline CLIP tokenizer (documented test settings): contract tests only
+    smoke={"model": "random-tiny", "processor": "clip-bpe"},
+)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -183,8 +206,8 @@ class PickScore(AlignmentScorer):
     }
     family: ClassVar[str] = "pickscore"
 
-    def __init__(self, spec, config=None, context=None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
         self._processor = None
         self._text_context: int | None = None
 

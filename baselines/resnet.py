@@ -26,6 +26,30 @@ import torchvision
 from torch import nn
 
 from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod, load_into
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="resnet50",
+    family="deep",
+    factory="baselines.resnet:ResNet50Method",
+    kind="trainable",
+    summary="ResNet-50 + linear head fine-tuned per split (plain recipe: the papers publish none); random init, "
+            "or ImageNet init as resnet50.imagenet (the paper's ResNet50*, needs the weights); GPU-sized.",
+    joint_targets=True,
+    variants={"imagenet": {"backbone_weights": "imagenet", "lr": 1e-4, "head_lr_scale": 10.0}},
+    weights=(Weights("ImageNet ResNet-50 (torchvision IMAGENET1K_V1, resnet50-0676ba61.pth), resnet50.imagenet "
+                     "only", "backbone_weights",
+                     "downloaded by torchvision's URL into the torch hub cache on first use; offline, pass a local "
+                     "copy with --set resnet50.backbone_weights=PATH",
+                     check="baselines.deep:resnet50_available"),),
+    reference="He et al., CVPR 2016 (torchvision resnet50); AGIQA-1k/3k and IP-IQA ResNet50 rows (no code)",
+    default_run=False,  # ResNet-50 on 384 px crops: GPU work
+    # 80 px crops, 5 epochs: a minute or two per repeat on a CPU
+    dataset_defaults={"synthetic": {"image_size": 96, "crop_size": 80, "batch_size": 16, "epochs": 5}},
+    smoke={"backbone_weights": "", "image_size": 48, "crop_size": 32, "epochs": 1, "batch_size": 8,
+           "selection": "last"},
+)
 
 
 def resnet50_regressor(num_outputs: int = 1, state: dict | None = None, method: str = "resnet50") -> nn.Module:

@@ -139,15 +139,25 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.special import gammaincinv
-from skimage.measure import blur_effect
-from skimage.restoration import denoise_nl_means
 
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.images import load_rgb
-from agiqa_bench.method import Method
+from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.records import Item
 from baselines import cpbd as cpbd_mod
 from baselines.cpbd import rgb2gray_uint8
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="sisblim.approx",
+    family="handcrafted",
+    factory="baselines.sisblim:SISBLIMApprox",
+    kind="zero-shot",
+    summary="Six-step blind metric for multiply distorted images (noise, denoise, blur, blockiness, joint term, pooling).",
+    aliases=("sisblim",),
+    reference="Gu, Zhai, Yang, Zhang, IEEE Trans. Broadcasting 2014 (no public code)",
+    approximation="no official code is public; a documented reconstruction of the paper's six steps, not SISBLIM itself",
+)
 
 #: Bump when the computation changes, so cached scores are recomputed.
 SISBLIM_APPROX_VERSION = "1"
@@ -220,6 +230,8 @@ def denoise(gray: np.ndarray, sigma: float) -> np.ndarray:
     g = np.asarray(gray, dtype=np.float64)
     if sigma <= 0 or min(g.shape) < 2:
         return g.copy()
+    from skimage.restoration import denoise_nl_means  # imported on use: listing loads this module
+
     return denoise_nl_means(
         g, patch_size=NLM_PATCH_SIZE, patch_distance=NLM_PATCH_DISTANCE,
         h=NLM_H_FACTOR * sigma, sigma=sigma, fast_mode=True,
@@ -229,6 +241,8 @@ def denoise(gray: np.ndarray, sigma: float) -> np.ndarray:
 # -- step 3: blur -------------------------------------------------------------------
 def crete_blur(gray: np.ndarray) -> float:
     """Crete et al. blur effect in [0, 1] (1 = blurriest); 1.0 for flat or degenerate images."""
+    from skimage.measure import blur_effect
+
     g = np.asarray(gray, dtype=np.float64)
     if min(g.shape) < 2:
         return 1.0

@@ -49,6 +49,30 @@ import numpy as np
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.records import Item
 from baselines.imagereward import ImageReward
+from agiqa_bench.method import MethodSpec, Weights
+
+#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="stairreward.approx",
+    family="alignment",
+    factory="baselines.stairreward:StairRewardApprox",
+    kind="zero-shot",
+    summary="StairReward (reconstruction): ImageReward of the cumulative prompt stairs (subject, then + each "
+            "adjective/style morpheme), weighted d^k (decay=0.5).",
+    inputs=("image", "prompt"),
+    aliases=("stairreward",),
+    weights=(Weights("ImageReward v1.0 (ImageReward.pt + med_config.json) and bert-base-uncased vocab.txt",
+                     "checkpoint",
+                     "the same files as imagereward; offline, pass them with "
+                     "--set stairreward.approx.checkpoint=PATH and --set stairreward.approx.tokenizer_vocab=PATH",
+                     check="baselines.imagereward:weights_available"),),
+    reference="Li et al., AGIQA-3K, TCSVT 2023 (arXiv 2306.04717; no public code)",
+    approximation="no code or exact formula is public; the stair decomposition (comma-separated morphemes "
+                  "counted from the adj1/adj2/style columns) and the d^k-weighted mean of ImageReward scores "
+                  "are our reconstruction, not the authors' StairReward",
+    smoke={"checkpoint": "agiqa-smoke"},  # tiny random-weight checkpoint shipped for smoke tests only
+    default_run=False,  # needs the 1.7 GB ImageReward weights (not available offline / on synthetic)
+)
 
 #: AGIQA-3k's morpheme columns, in prompt order.
 MORPHEME_COLUMNS = ("adj1", "adj2", "style")

@@ -38,8 +38,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy.stats import spearmanr
-from sklearn.model_selection import GroupKFold
-from sklearn.svm import SVR
 
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError
@@ -108,13 +106,14 @@ class FeatureSVR(Method):
         "grid_log2_gamma": LIBSVM_LOG2_GAMMA,
     }
 
-    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None):
-        super().__init__(spec, config, context)
+    def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
+                 *, name: str | None = None):
+        super().__init__(spec, config, context, name=name)
         self._check_config()
         self.selected: dict[str, Any] = {}
         self.scale_low: np.ndarray | None = None
         self.scale_high: np.ndarray | None = None
-        self.model: SVR | None = None
+        self.model = None  # sklearn.svm.SVR once fitted
         self._cache: FeatureCache | None = None
 
     # -- to implement ------------------------------------------------------------
@@ -184,7 +183,9 @@ class FeatureSVR(Method):
         self.model = self._svr(self.selected["C"], self.selected["gamma"])
         self.model.fit(apply_scaling(x, self.scale_low, self.scale_high), y)
 
-    def _svr(self, c: float, gamma: float) -> SVR:
+    def _svr(self, c: float, gamma: float):
+        from sklearn.svm import SVR  # imported on use: listing methods loads this module
+
         return SVR(kernel="rbf", C=c, gamma=gamma, epsilon=float(self.config["epsilon"]), cache_size=500)
 
     def _grid_search(self, x: np.ndarray, y: np.ndarray, groups: list[str]) -> dict[str, Any]:
@@ -196,6 +197,8 @@ class FeatureSVR(Method):
                 "gamma": self._gamma(x.shape[1]),
                 "search": "skipped: fewer than 2 groups in the training part",
             }
+        from sklearn.model_selection import GroupKFold
+
         folds = list(GroupKFold(n_splits=n_folds).split(x, y, groups))
         best: dict[str, Any] = {}
         for c in log2_grid(self.config["grid_log2_C"], "grid_log2_C"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +17,39 @@ from agiqa_bench.registry import all_specs, canonical_name, create_method, defau
 from agiqa_bench.splits import make_splits
 
 
+HEAVY = ("torch", "torchvision", "open_clip", "pyiqa", "timm", "transformers", "tokenizers", "sklearn", "skimage",
+         "ipiqa.model")
+
+
 def test_listing_imports_no_model_code():
+    """Specs live beside their methods, but reading them (and the `methods` listing) loads no model library."""
     code = (
         "import sys; from agiqa_bench.registry import list_methods, all_specs; list_methods(); all_specs();"
-        "heavy = [m for m in ('torch', 'open_clip', 'pyiqa', 'sklearn', 'baselines.cpbd', 'baselines.ceiq', 'ipiqa')"
-        " if m in sys.modules]; print(heavy); assert not heavy"
+        "from agiqa_bench.cli import app; from typer.testing import CliRunner;"
+        "r = CliRunner().invoke(app, ['methods']); assert r.exit_code == 0, r.output;"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; print(heavy); assert not heavy"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_registry_names_no_method():
+    """Built-ins register through the entry-point group like any plugin: the registry module names none."""
+    import agiqa_bench.registry as registry
+
+    text = Path(registry.__file__).read_text()
+    for spec in all_specs():
+        assert f'"{spec.name}"' not in text and f"'{spec.name}'" not in text, spec.name
+        assert spec.factory.split(":")[0] not in text
+
+
+def test_same_methods_as_recorded():
+    """The renovation moved every spec beside its method; names, variants, aliases and the default run stay."""
+    recorded = json.loads((Path(__file__).parent / "fixtures" / "method_names.json").read_text())
+    assert sorted(list_methods()) == sorted(recorded["methods"])
+    assert sorted(default_methods()) == sorted(recorded["default_run"])
+    for alias, canonical in recorded["aliases"].items():
+        assert canonical_name(alias) == canonical
 
 
 def test_names_variants_and_aliases():
@@ -58,9 +85,16 @@ def test_entry_point_plugins_are_picked_up(monkeypatch):
         def load(self):
             return MethodSpec(name="toy", factory="agiqa_test_support:Brightness", kind="trainable", summary="plugin")
 
-    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [FakeEntryPoint()])
-    assert "toy" in list_methods()
-    assert create_method("toy").spec.summary == "plugin"
+    real = registry.metadata.entry_points
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [*real(group=group), FakeEntryPoint()])
+    registry.refresh()
+    try:
+        assert "toy" in list_methods() and "cpbd" in list_methods()
+        assert create_method("toy").spec.summary == "plugin"
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+    assert "toy" not in list_methods()
 
 
 @pytest.fixture(scope="module")
