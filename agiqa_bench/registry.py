@@ -36,6 +36,16 @@ ENTRY_POINT_GROUP = "agiqa_bench.methods"
 FAMILY_ORDER = ("ours", "handcrafted", "svr", "deep", "alignment", "")
 
 
+#: Specs added at run time with `register` (notebooks, tests); treated like plugins.
+_registered: list[MethodSpec] = []
+
+
+def register(*specs: MethodSpec) -> None:
+    """Add specs in this process, as an installed plugin would (for notebooks and tests)."""
+    _registered.extend(specs)
+    refresh()
+
+
 def _load_entry_point(ep) -> list[MethodSpec]:
     obj = ep.load()
     if callable(obj) and not isinstance(obj, MethodSpec):
@@ -61,7 +71,7 @@ def all_specs() -> tuple[MethodSpec, ...]:
         (own if dist.replace("_", "-") == "agiqa-bench" else plugins).append(found)
     specs: list[MethodSpec] = []
     taken: set[str] = set()
-    for found in own + plugins:
+    for found in own + plugins + [list(_registered)]:
         for spec in found:
             names = {spec.name, *spec.aliases}
             if names & taken:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-DATASETS = SHARED / "datasets"
-REF_SPLITS = SHARED / "research" / "ref_ipiqa_splits.json"
+#: The real AGIQA-1k / AGIQA-3k label files, as shipped inside the package (no test reads outside the repository).
+DATASETS = Path(__file__).resolve().parents[1] / "agiqa_bench" / "datasets" / "labels"
+#: The IP-IQA reference code's folds, recorded from its split procedure (see tests/fixtures/README.md).
+REF_SPLITS = Path(__file__).resolve().parent / "fixtures" / "ref_ipiqa_splits.json"
 
 
 def blurred_shapes(size: int, blur: float, seed: int) -> np.ndarray:
@@ -101,7 +102,8 @@ BRIGHTNESS = MethodSpec(name="brightness", factory="agiqa_test_support:Brightnes
 
 
 def register(monkeypatch, *specs):
-    """Add test-only specs to the registry for one test."""
+    """Add test-only specs to the registry for one test (the autouse fixture in conftest.py forgets them)."""
     from agiqa_bench import registry
 
-    monkeypatch.setattr(registry, "BUILTIN", [*registry.BUILTIN, *specs])
+    monkeypatch.setattr(registry, "_registered", [*registry._registered, *specs])
+    registry.refresh()

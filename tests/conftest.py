@@ -37,3 +37,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    """Specs a test registered (agiqa_test_support.register) do not outlive it."""
+    yield
+    from agiqa_bench import registry
+
+    registry.refresh()

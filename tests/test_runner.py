@@ -103,7 +103,7 @@ KILL_SCRIPT = textwrap.dedent(
     import agiqa_test_support as s
     from agiqa_bench import registry
     from agiqa_bench.runner import run_benchmark
-    registry.BUILTIN.append(s.BRIGHTNESS)
+    registry.register(s.BRIGHTNESS)
     summary = run_benchmark(["cpbd", "brightness"], "agiqa3k", data_root={data!r}, repeats=4, out={out!r})
     print("done", summary.done, "skipped", summary.skipped)
     """

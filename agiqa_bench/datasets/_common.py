@@ -36,12 +36,25 @@ class DataWarning(UserWarning):
     """Something in the labels was handled in a way the user should know about."""
 
 
-def resolve_root(name: str, data_root: str | Path | None) -> Path:
-    """The dataset folder: `--data-root`, else `$AGIQA_BENCH_DATA/<name>`."""
+#: Label files shipped with the package (see labels/SOURCE.md): one folder per dataset.
+SHIPPED_LABELS = Path(__file__).resolve().parent / "labels"
+
+
+def shipped_labels(name: str) -> Path | None:
+    """The folder of a dataset's shipped label file, if the package ships one."""
+    folder = SHIPPED_LABELS / name
+    return folder if folder.is_dir() else None
+
+
+def resolve_root(name: str, data_root: str | Path | None, *, shipped: bool = False) -> Path:
+    """The dataset folder: `--data-root`, else `$AGIQA_BENCH_DATA/<name>`, else (with `shipped`) the
+    package's label folder, whose images then come from `--images`."""
     if data_root is not None:
         root = Path(data_root).expanduser()
     elif os.environ.get(DATA_ENV):
         root = Path(os.environ[DATA_ENV]).expanduser() / name
+    elif shipped and shipped_labels(name) is not None:
+        return shipped_labels(name)
     else:
         raise DataError(
             f"dataset {name!r} needs its files: pass --data-root DIR (the folder holding its label file "
@@ -53,10 +66,14 @@ def resolve_root(name: str, data_root: str | Path | None) -> Path:
 
 
 def require_file(root: Path, filename: str, dataset: str, hint: str = "") -> Path:
+    """The label file under `root` (a --data-root must hold its own; without one the shipped file is used)."""
     path = root / filename
-    if not path.is_file():
-        raise DataError(f"{dataset}: expected the label file {filename} at {path}, but it is not there.{hint}")
-    return path
+    if path.is_file():
+        return path
+    if shipped_labels(dataset) is not None:
+        hint += (f" Or leave out --data-root (and {DATA_ENV}) to use the label file that ships with agiqa-bench, "
+                 "with --images DIR for the images.")
+    raise DataError(f"{dataset}: expected the label file {filename} at {path}, but it is not there.{hint}")
 
 
 def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
@@ -126,6 +143,10 @@ def attach_images(
     notes: list[str] = []
     if not check_images:
         return items, notes
+    if SHIPPED_LABELS in image_dir.resolve().parents or image_dir.resolve() == SHIPPED_LABELS:
+        raise DataError(
+            f"{name}: its label file ships with agiqa-bench ({label_file}) but its images do not: pass "
+            f"--images DIR (the folder holding the dataset's images) or --data-root DIR (the dataset's folder)")
     missing = [item.id for item in items if not item.image.is_file()]
     if missing and not drop_missing:
         raise MissingImagesError(label_file, image_dir, [Path(m).name for m in missing])

@@ -92,7 +92,7 @@ def load(
     check_images: bool = True,
     duplicates: str = "last",
 ) -> Dataset:
-    root = c.resolve_root("agiqa1k", data_root)
+    root = c.resolve_root("agiqa1k", data_root, shipped=True)
     label_file = c.require_file(
         root, LABEL_FILE, "agiqa1k", " Download it from the AGIQA-1k database repository (see README, 'Datasets')."
     )

@@ -79,7 +79,7 @@ def load(
     duplicates: str = "first",
     name: str = "agiqa3k",
 ) -> Dataset:
-    root = c.resolve_root(name, data_root)
+    root = c.resolve_root(name, data_root, shipped=name == "agiqa3k")
     label_file = c.require_file(
         root, LABEL_FILE, name, " Download it from the AGIQA-3k database repository (see README, 'Datasets')."
     )
