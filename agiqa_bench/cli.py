@@ -110,7 +110,7 @@ def _plan_and_execute(methods, dataset, data_root, dataset_options, targets, rep
     console.print(
         f"[bold]{plan.dataset.name}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
         f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
-        f"(hash {plan.splits.hash}); methods: {', '.join(m[0] for m in plan.methods)}"
+        f"(hash {plan.splits.hash}); methods: {', '.join(m.name for m in plan.methods)}"
     )
     summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints)
     _print_summary(out, plan)
@@ -121,10 +121,6 @@ def _plan_and_execute(methods, dataset, data_root, dataset_options, targets, rep
             err_console.print(f"  {method} / {tgt} / repeat {rep}: {msg}", highlight=False)
         raise typer.Exit(1)
     return summary
-
-
-ABLATION = ("ipiqa.image_only", "ipiqa.integral", "ipiqa")
-ABLATION_I2P = ("ipiqa.image_only", "ipiqa.i2p_image_only", "ipiqa.integral", "ipiqa.i2p_integral", "ipiqa.full")
 
 
 @app.command()
@@ -144,13 +140,15 @@ def ablate(
     force: bool = typer.Option(False, "--force", help="Redo finished keys."),
 ):
     """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
+    from agiqa_bench.registry import get_spec
     from agiqa_bench.runner import parse_overrides
 
+    spec, _ = get_spec("ipiqa")  # the method under study; its spec lists the Table 3 variants
     overrides = parse_overrides(set_ or [])
-    variants = ABLATION
+    variants = spec.ablation_variants["default"]
     if image2prompt is not None:
-        overrides.setdefault("ipiqa", {})["image2prompt"] = str(image2prompt)
-        variants = ABLATION_I2P
+        overrides.setdefault(spec.name, {})["image2prompt"] = str(image2prompt)
+        variants = spec.ablation_variants["image2prompt"]
     else:
         err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
                           "(make one with `agiqa-bench pretrain image2prompt`).")
@@ -178,7 +176,7 @@ def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=F
             elif kind in ("done", "error"):
                 progress.advance(tasks[name])
 
-        summary = execute(plan, out, device=device, force=force, keep_checkpoints=keep_checkpoints, on_event=on_event)
+        summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints, on_event=on_event)
         for task in progress.tasks:
             progress.update(task.id, completed=task.total)
     if summary.skipped:
@@ -193,7 +191,7 @@ def _print_summary(out: Path, plan) -> None:
     frame = read_results(out, status=None)
     hashes = {s.hash for s in plan.splits.splits}
     frame = frame[(frame["data_hash"] == plan.data_hash) & frame["split_hash"].isin(hashes)]
-    frame = frame[frame["method"].isin([m[0] for m in plan.methods])]
+    frame = frame[frame["method"].isin([m.name for m in plan.methods])]
     summary = summarize(frame)
     if summary.empty:
         return  # nothing finished (the failures were listed above)

@@ -81,6 +81,11 @@ class MethodSpec:
     #: Per-dataset parameter defaults, applied before variant and user overrides
     #: (e.g. the tiny offline backbone on `synthetic`); recorded with every result.
     dataset_defaults: dict[str, dict] = field(default_factory=dict)
+    #: Ablation study (the paper's Table 3): "module:function" mapping a resolved configuration to
+    #: {component label: switched on?}, and the variants `agiqa-bench ablate` runs, by study name
+    #: ("default"; "image2prompt" when a pretraining checkpoint is given).
+    ablation_components: str = ""
+    ablation_variants: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def needs_prompt(self) -> bool:
@@ -133,6 +138,20 @@ class Method:
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         raise NotImplementedError
+
+    def weights_identity(self) -> dict[str, str]:
+        """The identity (size + sha256 prefix, `agiqa_bench.weights.identity`) of every weights file this
+        configuration names, by parameter; part of the configuration hash, so a new file under an old name
+        computes new rows.  Default: each weights parameter of the spec that holds a local file path.
+        Methods whose tags resolve to files (shipped checkpoints, caches) extend it."""
+        from agiqa_bench.weights import identity, is_local
+
+        out = {}
+        for w in self.spec.weights:
+            value = self.config.get(w.param)
+            if is_local(value):
+                out[w.param] = identity(value)
+        return out
 
     def kept_checkpoint_path(self) -> Path:
         """Where `--keep-checkpoints` saves this repeat's model: WORKDIR/checkpoints/DATASET-NAME-rREPEAT.pt."""

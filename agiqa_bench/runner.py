@@ -10,6 +10,7 @@ error and the run goes on with the others.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import time
 import traceback
@@ -29,15 +30,15 @@ from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
 from agiqa_bench.records import Dataset
 from agiqa_bench.registry import (
+    build_method,
     canonical_name,
-    create_method,
     default_methods,
     get_spec,
     load_class,
     method_params,
     split_name,
 )
-from agiqa_bench.splits import SplitSet, make_splits
+from agiqa_bench.splits import Split, SplitSet, make_splits
 from agiqa_bench.store import ResultRow, ResultStore
 
 
@@ -49,11 +50,17 @@ def data_hash(dataset: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def config_hash(method: str, config: dict, runtime: Sequence[str] = ()) -> str:
-    """Hash of what a method's scores depend on: its name and parameters, less the runtime-only ones."""
+def config_hash(method: str, config: dict, runtime: Sequence[str] = (), *, version: str = "1",
+                weights: dict[str, str] | None = None) -> str:
+    """Hash of what a method's scores depend on: name, method version, parameters (less the runtime-only
+    ones) and the identity (size + sha256 prefix) of every weights file the parameters name."""
     scored = {k: v for k, v in config.items() if k not in runtime}
-    body = json.dumps({"method": method, "config": scored}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()[:12]
+    body = {"method": method, "config": scored}
+    if version != "1":
+        body["version"] = version
+    if weights:
+        body["weights"] = weights
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -82,15 +89,77 @@ def method_seed(seed: int, repeat: int, method: str) -> int:
     return (seed * 1_000_003 + repeat * 7919 + zlib.crc32(method.encode())) % (2**31 - 1)
 
 
+@dataclass(frozen=True)
+class MethodRun:
+    """One method of a plan, fully resolved: what it is, how it is configured, what it runs on.
+
+    Plain, picklable data: no open files, no models.  `config` is the resolved parameter set
+    (dataset defaults, variant and `--set` applied once, here); `config_hash` keys its rows.
+    """
+
+    name: str
+    spec: MethodSpec
+    overrides: dict  # the user's --set values for it (scored ones label the method in tables)
+    config: dict
+    config_hash: str
+    targets: tuple[str, ...]
+    #: How its targets are fitted: one group for joint / zero-shot methods, else one per target.
+    target_groups: tuple[tuple[str, ...], ...]
+    version: str = "1"
+    weights: dict = field(default_factory=dict)  # param -> identity of the file it names
+    runtime_params: tuple[str, ...] = ()
+
+    @property
+    def labelled_overrides(self) -> dict:
+        """The overrides that change scores (what a table label names)."""
+        return {k: v for k, v in self.overrides.items() if k not in self.runtime_params}
+
+    def provenance(self) -> dict:
+        """What a report needs to know about the method without today's registry."""
+        spec = self.spec
+        return {"family": spec.family, "kind": spec.kind, "lower_is_better": spec.lower_is_better,
+                "approximation": spec.approximation, "summary": spec.summary, "reference": spec.reference,
+                "version": self.version, "weights": self.weights,
+                "components": ablation_components(spec, self.config)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: a method run x one split x one target group.  Picklable."""
+
+    method: MethodRun
+    split: Split
+    targets: tuple[str, ...]
+
+    def keys(self, dataset: str, data_hash: str) -> dict[str, tuple]:
+        m, sp = self.method, self.split
+        return {t: (dataset, data_hash, t, m.name, m.config_hash, sp.hash, sp.repeat) for t in self.targets}
+
+
 @dataclass
 class Plan:
     """A validated run: what will be computed, before any work starts."""
 
     dataset: Dataset
     splits: SplitSet
-    methods: list[tuple[str, MethodSpec, dict, dict]]  # (name, spec, overrides, resolved config)
-    targets: dict[str, tuple[str, ...]]  # method -> targets it runs on
+    methods: list[MethodRun]
     data_hash: str
+
+    @property
+    def targets(self) -> dict[str, tuple[str, ...]]:
+        return {m.name: m.targets for m in self.methods}
+
+    def jobs(self) -> list[Job]:
+        """Every job, method by method, split by split (the serial order)."""
+        return [Job(m, split, group) for m in self.methods for split in self.splits.splits for group in m.target_groups]
+
+
+def ablation_components(spec: MethodSpec, config: dict) -> dict[str, bool]:
+    """Which ablation components (the spec's `ablation_components` function) a configuration switches on."""
+    if not spec.ablation_components:
+        return {}
+    module, _, attr = spec.ablation_components.partition(":")
+    return dict(getattr(importlib.import_module(module), attr)(config))
 
 
 @dataclass
@@ -132,13 +201,11 @@ def plan_run(
         if unknown:
             raise ConfigError(f"dataset {ds.name!r} has no target {', '.join(unknown)}; it has: {', '.join(ds.targets)}")
     wanted = tuple(targets or ds.targets)
-    resolved, per_method = [], {}
+    resolved = []
     for name in names:
         spec, _ = get_spec(name)
         if spec.needs_prompt:
             _check_prompts(name, ds)
-        mine = overrides_for(name, overrides)
-        config = method_params(name, mine, ds.name)
         tgts = tuple(t for t in wanted if spec.supports(t))
         if not tgts:
             raise ConfigError(f"method {name!r} supports targets {spec.targets}, none of {wanted}")
@@ -147,10 +214,21 @@ def plan_run(
                 f"split protocol 'all-images' scores every image with no training part (the AGIQA-3k paper's protocol "
                 f"for zero-shot alignment metrics); {name!r} is trainable and needs a split: use --split-protocol grouped"
             )
-        resolved.append((name, spec, mine, config))
-        per_method[name] = tgts
+        resolved.append(resolve_method(name, spec, overrides_for(name, overrides), ds.name, tgts))
     splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
-    return Plan(ds, splits, resolved, per_method, data_hash(ds))
+    return Plan(ds, splits, resolved, data_hash(ds))
+
+
+def resolve_method(name: str, spec: MethodSpec, overrides: dict, dataset: str, targets: tuple[str, ...]) -> MethodRun:
+    """`--set` and dataset defaults resolved once; the configuration hash includes the weights' identity."""
+    cls = load_class(spec)
+    config = method_params(name, overrides, dataset)
+    weights = build_method(name, config).weights_identity()
+    groups = (targets,) if spec.joint_targets or spec.kind == "zero-shot" else tuple((t,) for t in targets)
+    chash = config_hash(name, config, cls.runtime_params, version=cls.version, weights=weights)
+    return MethodRun(name=name, spec=spec, overrides=dict(overrides), config=config, config_hash=chash,
+                     targets=targets, target_groups=groups, version=cls.version, weights=weights,
+                     runtime_params=tuple(cls.runtime_params))
 
 
 def _check_prompts(name: str, ds: Dataset) -> None:
@@ -165,9 +243,10 @@ def _check_prompts(name: str, ds: Dataset) -> None:
         )
 
 
-def _fit_predict(name, overrides, context, ds, split, targets):
-    """Train one model on `targets` and return (n_test, len(targets)) predictions and timings."""
-    method = create_method(name, overrides, context)
+def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, float, float, dict]:
+    """Train one model on the job's targets; (n_test, len(targets)) predictions, fit and predict seconds, info."""
+    method = build_method(job.method.name, job.method.config, context)
+    split, targets = job.split, job.targets
     train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
     if method.uses_test_oracle:
         method.set_oracle(test)  # selection on the test part, as the reference code; labelled in reports
@@ -179,87 +258,97 @@ def _fit_predict(name, overrides, context, ds, split, targets):
     if pred.ndim == 1:
         pred = np.repeat(pred[:, None], len(targets), axis=1)
     if pred.shape != (len(test), len(targets)):
-        raise RuntimeError(f"{name}.predict returned shape {pred.shape}, expected ({len(test)}, {len(targets)})")
+        raise RuntimeError(f"{job.method.name}.predict returned shape {pred.shape}, "
+                           f"expected ({len(test)}, {len(targets)})")
     info = dict(getattr(method, "info", {}) or {})
     return pred, t1 - t0, t2 - t1, info
 
 
+def job_rows(job: Job, plan: Plan, *, device: str, out: Path, keep_checkpoints: bool) -> list[ResultRow]:
+    """Run one job and turn its outcome into result rows ('ok' rows with metrics, or raise)."""
+    ds, splits, m, split = plan.dataset, plan.splits, job.method, job.split
+    context = MethodContext(
+        device=device, seed=method_seed(splits.params.get("seed", 0), split.repeat, m.name),
+        repeat=split.repeat, dataset=ds.name, cache_dir=out / "cache" / ds.name / plan.data_hash,
+        workdir=out, keep_checkpoints=keep_checkpoints)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pred, fit_s, pred_s, info = run_job(job, ds, context)
+        test_items = ds.subset(split.test)
+        rows = []
+        for j, target in enumerate(job.targets):
+            mos = ds.target_array(test_items, target)
+            scores = evaluate(pred[:, j], mos, lower_is_better=m.spec.lower_is_better)
+            rows.append(ResultRow(target=target, status="ok", metrics=scores.as_dict(), fit_seconds=fit_s,
+                                  predict_seconds=pred_s, info=info, item_ids=split.test, predictions=pred[:, j],
+                                  mos=mos, item_groups=[it.group for it in test_items],
+                                  item_generators=[it.generator for it in test_items],
+                                  **row_base(job, plan)))
+    for row in rows:
+        row.info = {**row.info, "warnings": sorted({str(w.message) for w in caught})[:5]}
+    return rows
+
+
+def row_base(job: Job, plan: Plan) -> dict:
+    """The fields every row of a job shares, whatever its outcome."""
+    m, split, splits = job.method, job.split, plan.splits
+    return dict(dataset=plan.dataset.name, data_hash=plan.data_hash, method=m.name, config_hash=m.config_hash,
+                split_protocol=splits.protocol, split_family=splits.family, split_hash=split.hash,
+                repeat=split.repeat, config=m.config, overrides=m.labelled_overrides, harness_version=__version__,
+                method_info=m.provenance(), n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
+
+
 def execute(
     plan: Plan,
-    out: str | Path = "runs",
     *,
+    out: str | Path = "runs",
     device: str = "auto",
     force: bool = False,
     keep_going: bool = True,
     keep_checkpoints: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> RunSummary:
-    """Run a plan, writing into `<out>/results.sqlite`."""
+    """Run a plan's jobs, writing into `<out>/results.sqlite` (one transaction per job)."""
     out = Path(out)
     ds, splits = plan.dataset, plan.splits
     plan.splits.save(out / "splits" / f"{ds.name}-{splits.protocol}-{splits.hash}.json")
     device = resolve_device(device)
     emit = on_event or (lambda kind, payload: None)
     summary = RunSummary(out)
+    unavailable: dict[str, str] = {}  # method -> why it cannot run here (recorded once, reused)
+    announced: set[str] = set()
     with ResultStore(out) as store:
-        for name, spec, mine, config in plan.methods:
-            runtime = load_class(spec).runtime_params
-            chash = config_hash(name, config, runtime)
-            labelled = {k: v for k, v in mine.items() if k not in runtime}  # labels name what changes scores
-            targets = plan.targets[name]
-            groups = [targets] if spec.joint_targets or spec.kind == "zero-shot" else [(t,) for t in targets]
-            emit("method", {"method": name, "repeats": len(splits), "fits": len(groups)})
-            unavailable: str | None = None
-            for split in splits.splits:
-                for tgroup in groups:
-                    keys = {t: (ds.name, plan.data_hash, t, name, chash, split.hash, split.repeat) for t in tgroup}
-                    if not force and all(store.finished(k) for k in keys.values()):
-                        summary.skipped += len(tgroup)
-                        continue
-                    base = dict(dataset=ds.name, data_hash=plan.data_hash, method=name, config_hash=chash,
-                                split_protocol=splits.protocol, split_family=splits.family,
-                                split_hash=split.hash, repeat=split.repeat,
-                                config=config, overrides=labelled, harness_version=__version__,
-                                n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
-                    try:
-                        if unavailable:
-                            raise MethodUnavailable(unavailable)
-                        context = MethodContext(
-                            device=device, seed=method_seed(splits.params.get("seed", 0), split.repeat, name),
-                            repeat=split.repeat, dataset=ds.name, cache_dir=out / "cache" / ds.name / plan.data_hash,
-                            workdir=out, keep_checkpoints=keep_checkpoints)
-                        with warnings.catch_warnings(record=True) as caught:
-                            warnings.simplefilter("always")
-                            pred, fit_s, pred_s, info = _fit_predict(name, mine, context, ds, split, tgroup)
-                            rows = []
-                            test_items = ds.subset(split.test)
-                            for j, target in enumerate(tgroup):
-                                mos = ds.target_array(test_items, target)
-                                scores = evaluate(pred[:, j], mos, lower_is_better=spec.lower_is_better)
-                                rows.append(ResultRow(target=target, status="ok", metrics=scores.as_dict(),
-                                                      fit_seconds=fit_s, predict_seconds=pred_s, info=info,
-                                                      item_ids=split.test, predictions=pred[:, j], mos=mos,
-                                                      item_groups=[it.group for it in test_items],
-                                                      item_generators=[it.generator for it in test_items], **base))
-                        for row in rows:
-                            row.info = {**row.info, "warnings": sorted({str(w.message) for w in caught})[:5]}
-                        store.write(rows)
-                        summary.done += len(rows)
-                        emit("done", {"method": name, "repeat": split.repeat, "targets": tgroup,
-                                      "srcc": [r.metrics["srcc"] for r in rows]})
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:  # isolate: record and continue with the rest
-                        message = str(exc) if isinstance(exc, AgiqaBenchError) else (
-                            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-                        if isinstance(exc, MethodUnavailable):
-                            unavailable = str(exc)
-                        store.write([ResultRow(target=t, status="error", error=message, **base) for t in tgroup])
-                        for t in tgroup:
-                            summary.failed.append((name, t, split.repeat, message.splitlines()[0] if message else ""))
-                        emit("error", {"method": name, "repeat": split.repeat, "targets": tgroup, "error": message})
-                        if not keep_going:
-                            return summary
+        for job in plan.jobs():
+            name = job.method.name
+            if name not in announced:
+                announced.add(name)
+                emit("method", {"method": name, "repeats": len(splits), "fits": len(job.method.target_groups)})
+            keys = job.keys(ds.name, plan.data_hash)
+            if not force and all(store.finished(k) for k in keys.values()):
+                summary.skipped += len(job.targets)
+                continue
+            try:
+                if name in unavailable:
+                    raise MethodUnavailable(unavailable[name])
+                rows = job_rows(job, plan, device=device, out=out, keep_checkpoints=keep_checkpoints)
+                store.write(rows)
+                summary.done += len(rows)
+                emit("done", {"method": name, "repeat": job.split.repeat, "targets": job.targets,
+                              "srcc": [r.metrics["srcc"] for r in rows]})
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # isolate: record and continue with the rest
+                message = str(exc) if isinstance(exc, AgiqaBenchError) else (
+                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+                if isinstance(exc, MethodUnavailable):
+                    unavailable[name] = str(exc)
+                store.write([ResultRow(target=t, status="error", error=message, **row_base(job, plan))
+                             for t in job.targets])
+                for t in job.targets:
+                    summary.failed.append((name, t, job.split.repeat, message.splitlines()[0] if message else ""))
+                emit("error", {"method": name, "repeat": job.split.repeat, "targets": job.targets, "error": message})
+                if not keep_going:
+                    return summary
     return summary
 
 
@@ -271,4 +360,4 @@ def run_benchmark(methods: Sequence[str] | None = None, dataset: str | Dataset =
     >>> summary = run_benchmark(["cpbd", "ceiq"], "synthetic", repeats=2, out="runs")  # doctest: +SKIP
     """
     plan = plan_run(methods, dataset, **plan_options)
-    return execute(plan, out, device=device, force=force, keep_checkpoints=keep_checkpoints)
+    return execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints)

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS results (
     info_json TEXT NOT NULL,
     harness_version TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    method_json TEXT,
     UNIQUE (dataset, data_hash, target, method, config_hash, split_hash, repeat)
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -91,6 +92,9 @@ class ResultRow:
     mos: np.ndarray | None = None
     item_groups: Sequence[str] = ()  # the split unit of each test item (for the cluster bootstrap)
     item_generators: Sequence[str] = ()  # the model that made each test image ("" if unknown)
+    #: What a report needs about the method without the registry: family, direction, approximation note,
+    #: summary, reference, method version, weights identity, ablation components (MethodRun.provenance).
+    method_info: dict = field(default_factory=dict)
 
     def key(self) -> tuple:
         return tuple(getattr(self, f) for f in KEY_FIELDS)
@@ -118,11 +122,13 @@ class ResultStore:
         self._conn.commit()
 
     def _migrate(self) -> None:
-        """Stores written before per-item groups and generators were kept get the columns (NULL)."""
+        """Older stores get the newer columns (NULL): per-item groups and generators, the method's provenance."""
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
         for column in ("item_group", "generator"):
             if column not in have:
                 self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} TEXT")
+        if "method_json" not in {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}:
+            self._conn.execute("ALTER TABLE results ADD COLUMN method_json TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -144,8 +150,8 @@ class ResultStore:
                 cur = self._conn.execute(
                     "INSERT INTO results (dataset, data_hash, target, method, config_hash, split_protocol, split_family, split_hash,"
                     " repeat, status, error, srcc, plcc, krcc, plcc_logistic, rmse, n_train, n_val, n_test,"
-                    " fit_seconds, predict_seconds, config_json, overrides_json, info_json, harness_version, created_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " fit_seconds, predict_seconds, config_json, overrides_json, info_json, harness_version, created_at,"
+                    " method_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         row.dataset, row.data_hash, row.target, row.method, row.config_hash, row.split_protocol,
                         row.split_family, row.split_hash, row.repeat, row.status, row.error,
@@ -155,6 +161,7 @@ class ResultStore:
                         json.dumps(row.overrides, sort_keys=True, default=str),
                         json.dumps(row.info, sort_keys=True, default=str),
                         row.harness_version, time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        json.dumps(row.method_info, sort_keys=True, default=str),
                     ),
                 )
                 if row.predictions is not None:

@@ -59,8 +59,20 @@ SPEC = MethodSpec(
                      check="agiqa_bench.clip:check_weights"),),
     reference="Qu, Li, Gao, ICME 2024 (arXiv 2403.18714); code Coobiw/IP-IQA",
     dataset_defaults={"synthetic": IPIQA_SYNTHETIC},
+    ablation_components="ipiqa.method:ablation_components",
+    ablation_variants={"default": ("ipiqa.image_only", "ipiqa.integral", "ipiqa"),
+                       "image2prompt": ("ipiqa.image_only", "ipiqa.i2p_image_only", "ipiqa.integral",
+                                        "ipiqa.i2p_integral", "ipiqa.full")},
     smoke=IPIQA_SMOKE,
 )
+
+
+def ablation_components(config: dict) -> dict[str, bool]:
+    """Which of the paper's Table 3 components an IP-IQA configuration has."""
+    mode = config.get("use_image2prompt", "no")
+    i2p = mode == "yes" or (mode == "auto" and bool(config.get("image2prompt")))
+    prompt = bool(config.get("use_prompt", False))
+    return {"Image2Prompt": i2p, "Integral prompt": prompt, "[QA]": prompt and bool(config.get("qa_token", False))}
 
 
 class IPIQAMethod(Method):

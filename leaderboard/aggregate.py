@@ -29,25 +29,32 @@ def method_label(method: str, overrides_json: str, config_json: str = "{}") -> s
     return label
 
 
-def method_family(method: str) -> str:
-    """The registry's table family of a method ("" for an unknown / uninstalled plugin)."""
+def registry_info(method: str, config: dict) -> dict:
+    """A method's report facts from today's registry: only for stores written before rows carried them."""
     from agiqa_bench.errors import ConfigError
     from agiqa_bench.registry import get_spec
+    from agiqa_bench.runner import ablation_components
 
     try:
-        return get_spec(method)[0].family
-    except ConfigError:
-        return ""
+        spec, _ = get_spec(method)
+        components = ablation_components(spec, config)
+    except (ConfigError, ImportError, AttributeError):  # a plugin no longer installed
+        return {}
+    return {"family": spec.family, "lower_is_better": spec.lower_is_better, "approximation": spec.approximation,
+            "components": components}
 
 
-def lower_is_better(method: str) -> bool:
-    from agiqa_bench.errors import ConfigError
-    from agiqa_bench.registry import get_spec
-
-    try:
-        return get_spec(method)[0].lower_is_better
-    except ConfigError:
-        return False
+def method_infos(frame: pd.DataFrame) -> dict[str, dict]:
+    """Per method, what the report needs to know (family, direction, approximation, ablation components),
+    read from the store (`method_json`, newest row wins); stores older than that column use the registry."""
+    infos: dict[str, dict] = {}
+    if "method_json" in frame:
+        for method, text in zip(frame["method"], frame["method_json"]):
+            if isinstance(text, str) and text:
+                infos[method] = _loads(text)
+    for method in set(frame["method"]) - set(infos):
+        infos[method] = registry_info(method, _loads(frame.loc[frame["method"] == method, "config_json"].iloc[0]))
+    return infos
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
@@ -59,16 +66,19 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     """
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
-        return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "family", "n"])
+        return pd.DataFrame(columns=GROUP_COLUMNS + ["label", "family", "n", "approximation"])
     ok["label"] = [method_label(m, o, c) for m, o, c in zip(ok["method"], ok["overrides_json"], ok["config_json"])]
-    families = {m: method_family(m) for m in ok["method"].unique()}
-    flipped = {m: lower_is_better(m) for m in ok["method"].unique()}
+    infos = method_infos(ok)
     rows = []
     for key, part in ok.groupby(GROUP_COLUMNS, sort=False):
         row = dict(zip(GROUP_COLUMNS, key))
         row["label"] = part["label"].iloc[0]
-        row["family"] = families[row["method"]]
-        row["lower_is_better"] = flipped[row["method"]]
+        info = infos.get(row["method"], {})
+        row["family"] = info.get("family", "")
+        row["lower_is_better"] = bool(info.get("lower_is_better", False))
+        row["approximation"] = info.get("approximation", "")
+        row["method_version"] = str(info.get("version", ""))
+        row["components_json"] = json.dumps(info.get("components") or {})
         row["config_json"] = part["config_json"].iloc[0]
         row["n"] = int(part["repeat"].nunique())
         row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))

@@ -154,7 +154,7 @@ class Report:
                 for (d, m), p in errors.groupby(["dataset", "method"])]
 
     def _notes_markdown(self) -> list[str]:
-        out = approximation_notes(sorted(set(self.summary["method"])) if not self.summary.empty else [])
+        out = approximation_notes(self.summary)
         failures = self._failures()
         if failures:
             out += ["## Failures", ""]
@@ -183,19 +183,13 @@ th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text
 figure{display:inline-block;margin:1em}img{max-width:620px}pre{white-space:pre-wrap;font-size:12px}"""
 
 
-def approximation_notes(methods: list[str]) -> list[str]:
-    """A note for every method in the tables that is not a faithful implementation."""
-    from agiqa_bench.errors import ConfigError
-    from agiqa_bench.registry import get_spec
-
+def approximation_notes(summary) -> list[str]:
+    """A note for every method in the tables that is not a faithful implementation (from the stored rows)."""
     notes = []
-    for method in methods:
-        try:
-            spec, _ = get_spec(method)
-        except ConfigError:  # a plugin no longer installed
-            continue
-        if spec.approximation:
-            notes.append(f"- **{method} is an approximation**: {spec.approximation}.")
+    if not summary.empty:
+        for method, text in sorted(dict(zip(summary["method"], summary["approximation"])).items()):
+            if text:
+                notes.append(f"- **{method} is an approximation**: {text}.")
     return ["## Approximations", "", *notes, ""] if notes else []
 
 

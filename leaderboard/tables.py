@@ -237,30 +237,35 @@ def alignment_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | No
 
 
 # -- Table 3 ----------------------------------------------------------------------
-ABLATION_COMPONENTS = ("Image2Prompt", "Integral prompt", "[QA]")
-
-
-def ablation_components(config: dict) -> tuple[bool, bool, bool]:
-    """Which of the paper's Table 3 components an IP-IQA configuration has."""
-    mode = config.get("use_image2prompt", "no")
-    i2p = mode == "yes" or (mode == "auto" and bool(config.get("image2prompt")))
-    prompt = bool(config.get("use_prompt", False))
-    return i2p, prompt, prompt and bool(config.get("qa_token", False))
+def ablation_components(row) -> dict[str, bool]:
+    """A summary row's ablation components, as stored with its results (the method spec declares them)."""
+    try:
+        return json.loads(getattr(row, "components_json", "") or "{}")
+    except json.JSONDecodeError:
+        return {}
 
 
 def ablation_table(summary: pd.DataFrame, dataset: str, family: str) -> Table | None:
-    """IP-IQA variants with check marks per component, SRCC / PLCC / KRCC per target."""
+    """The variants of the method under study (family "ours") with check marks per ablation component
+    (as its spec declares and its rows store them), SRCC / PLCC / KRCC per target."""
     part = summary[(summary["dataset"] == dataset) & (summary["split_family"] == family)
-                   & summary["method"].str.startswith("ipiqa")]
+                   & (summary["family"] == "ours")]
+    if "components_json" in part:
+        part = part[part["components_json"].fillna("{}") != "{}"]
     if part["label"].nunique() < 2:
         return None
-    targets = sorted(dict.fromkeys(part["target"]), key=lambda t: (TARGET_ORDER.index(t) if t in TARGET_ORDER else 99, t))
-    header = ["Variant", *ABLATION_COMPONENTS] + [f"{t} {m}" for t in targets for _, m in SHOWN]
-    table = Table(f"Table 3 layout: ablation of IP-IQA on {dataset}", header, key=f"table3-{dataset}")
     variants = part.drop_duplicates("label")
-    order = sorted(variants.itertuples(), key=lambda r: ablation_components(json.loads(r.config_json)))
-    lines = [[Cell(r.label), *[Cell("✓" if on else "") for on in ablation_components(json.loads(r.config_json))]]
-             for r in order]
+    components = list(dict.fromkeys(k for r in variants.itertuples() for k in ablation_components(r)))
+    targets = sorted(dict.fromkeys(part["target"]), key=lambda t: (TARGET_ORDER.index(t) if t in TARGET_ORDER else 99, t))
+    header = ["Variant", *components] + [f"{t} {m}" for t in targets for _, m in SHOWN]
+    table = Table(f"Table 3 layout: ablation of IP-IQA on {dataset}", header, key=f"table3-{dataset}")
+
+    def switched(r) -> tuple[bool, ...]:
+        found = ablation_components(r)
+        return tuple(bool(found.get(c, False)) for c in components)
+
+    order = sorted(variants.itertuples(), key=switched)
+    lines = [[Cell(r.label), *[Cell("✓" if on else "") for on in switched(r)]] for r in order]
     for t in targets:
         for metric, _ in SHOWN:
             values, cells = [], []

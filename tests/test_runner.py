@@ -83,7 +83,7 @@ def test_overrides_are_validated_and_recorded(tiny_agiqa3k, tmp_path):
         parse_overrides(["C=10"])
     plan = plan_run(["ceiq", "ceiq.grid"], "agiqa3k", data_root=tiny_agiqa3k, repeats=1,
                     overrides=parse_overrides(["ceiq.C=4", "ceiq.grid.cv_folds=3"]))
-    configs = {name: config for name, _, _, config in plan.methods}
+    configs = {m.name: m.config for m in plan.methods}
     assert configs["ceiq"]["C"] == 4.0 and configs["ceiq.grid"]["C"] == 4.0
     assert configs["ceiq.grid"]["cv_folds"] == 3 and configs["ceiq"]["cv_folds"] != 3
     assert configs["ceiq.grid"]["search"] == "grid"
