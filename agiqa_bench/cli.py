@@ -317,16 +317,20 @@ def methods(
     chosen = [spec for spec in all_specs()
               if spec.name in names or any(f"{spec.name}.{v}" in names for v in spec.variants)]
     details = details or len(chosen) == 1
-    table = Table(title="methods (weights: ✓ here, ✗ missing, ? unknown; `--details` says where to get them)")
-    for col in ("method", "kind", "family", "prompt", "variants / aliases", "weights", "default"):
-        table.add_column(col, no_wrap=col in ("method", "kind", "family", "prompt", "default"))
+    wide = console.width >= 120 or details  # the variants and weights names need room
+    table = Table(title="methods (weights: ✓ here, ✗ missing, ? not checked; --details says more)")
+    columns = ["method", "kind", "family", "weights", "default"] + (["prompt", "variants / aliases"] if wide else [])
+    for col in columns:
+        table.add_column(col, no_wrap=col != "variants / aliases")
     approximations = []
+    statuses = {spec.name: weights_status(spec, method_params(spec.name), thorough=details) for spec in chosen}
     for spec in chosen:
         marks = []
-        for w, ok in weights_status(spec, method_params(spec.name)):
+        for w, ok in statuses[spec.name]:
             mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "?"}[ok]
             synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
-            marks.append(f"{mark} {w.param}" + (f" (synthetic: {synth or 'random init'})" if ok is False and synth is not None else ""))
+            note = f" (synthetic: {synth or 'random init'})" if ok is False and synth is not None and wide else ""
+            marks.append(f"{mark} {w.param}{note}" if wide else mark)
         label = spec.name
         if spec.approximation:
             label += " [yellow]≈[/]"
@@ -334,10 +338,16 @@ def methods(
         runs = "yes" if spec.default_run else "no"
         if spec.default_run and spec.default_variants:
             runs = " ".join(f".{v}" for v in spec.default_variants)
-        variants = [f".{v}" for v in spec.variants] + [f"alias {a}" for a in spec.aliases]
-        table.add_row(label, spec.kind, spec.family or "other", "yes" if spec.needs_prompt else "",
-                      " ".join(variants) or "—", "\n".join(marks) or "none", runs)
+        row = [label, spec.kind, spec.family or "other", ("\n" if wide else " ").join(marks) or "none", runs]
+        if wide:
+            variants = [f".{v}" for v in spec.variants] + [f"alias {a}" for a in spec.aliases]
+            row += ["yes" if spec.needs_prompt else "", " ".join(variants) or "—"]
+        table.add_row(*row)
     console.print(table)
+    if not wide:
+        n_variants = sum(len(spec.variants) for spec in chosen)
+        console.print(f"{len(chosen)} methods, {n_variants} variants: `agiqa-bench methods --details` lists the "
+                      "variants, inputs and weights (or widen the terminal).", highlight=False)
     for spec in approximations:
         console.print(f"[yellow]≈ {spec.name} is an approximation[/]: {spec.approximation}.", highlight=False)
     if details:
@@ -347,7 +357,9 @@ def methods(
                 console.print(f"  reference: {spec.reference}", highlight=False)
             if spec.targets:
                 console.print(f"  targets: {', '.join(spec.targets)}", highlight=False)
-            for w, ok in weights_status(spec, method_params(spec.name)):
+            if spec.variants:
+                console.print(f"  variants: {', '.join(f'{spec.name}.{v}' for v in spec.variants)}", highlight=False)
+            for w, ok in statuses[spec.name]:
                 state = {True: "available", False: "missing", None: "unknown"}[ok]
                 console.print(f"  weights: {w.name} [{w.param}] — {state}; {w.hint}", highlight=False)
 

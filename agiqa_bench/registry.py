@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
+import inspect
 import warnings
 from importlib import metadata
 from typing import Any
@@ -200,15 +201,22 @@ def spec_weights(spec: MethodSpec, variant: str | None) -> tuple[Weights, ...]:
 
 
 def weights_status(spec: MethodSpec, params: dict[str, Any] | None = None,
-                   variant: str | None = None) -> list[tuple[Weights, bool | None]]:
-    """(weights, available?) for each weights file the method needs; None = cannot tell."""
+                   variant: str | None = None, *, thorough: bool = False) -> list[tuple[Weights, bool | None]]:
+    """(weights, available?) for each weights file the method needs; None = cannot tell.
+
+    The checks are file-existence checks; `thorough` lets a check that supports it
+    (a `thorough` parameter) ask its model library where a hub tag lives.
+    """
     out: list[tuple[Weights, bool | None]] = []
     for w in spec_weights(spec, variant):
         ok: bool | None = None
         if w.check:
             module_name, _, attr = w.check.partition(":")
             try:
-                ok = bool(getattr(importlib.import_module(module_name), attr)(params or {}))
+                check = getattr(importlib.import_module(module_name), attr)
+                kwargs = {"thorough": True} if thorough and "thorough" in inspect.signature(check).parameters else {}
+                found = check(params or {}, **kwargs)
+                ok = None if found is None else bool(found)
             except Exception:
                 ok = None
         out.append((w, ok))

@@ -35,6 +35,7 @@ import numpy as np
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.hub import offline
+from agiqa_bench.weights import torch_hub_dir
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import (
@@ -79,9 +80,7 @@ SCNN_PYIQA = WeightSource("DBCNN's SCNN branch pretrained on synthetic distortio
 
 def hub_dir() -> Path:
     """torch's hub cache folder ($TORCH_HOME/hub, by default ~/.cache/torch/hub), read at call time."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir())
+    return torch_hub_dir()
 
 
 def is_random(value: Any) -> bool:

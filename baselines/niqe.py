@@ -58,6 +58,7 @@ import numpy as np
 
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, DataError, MethodUnavailable
+from agiqa_bench.weights import Source, available, identity, resolve
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
@@ -89,47 +90,21 @@ OFFICIAL_FILE = "niqe_modelparameters.mat"
 
 
 # -- pristine parameters -------------------------------------------------------------
-def _official_url() -> str:
-    from pyiqa.archs.niqe_arch import default_model_urls
-
-    return default_model_urls["url"]
-
-
-def _official_cached() -> Path | None:
-    """The official file if pyiqa has already downloaded it, else None (no network)."""
-    import torch
-
-    path = Path(torch.hub.get_dir()) / "pyiqa" / OFFICIAL_FILE
-    return path if path.is_file() else None
+#: The `params` tags and their files (resolved by `agiqa_bench.weights`, like every weights file).
+PARAM_SOURCES = {
+    OFFICIAL: Source("NIQE's official pristine parameters",
+                     url="https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/" + OFFICIAL_FILE,
+                     cache_folder="pyiqa"),  # where pyiqa caches it too
+    SYNTH_TAG: Source("NIQE pristine parameters fitted on SynthAGIQA", shipped=SYNTH_PARAMS),
+}
+PARAMS_WHAT = ("the pristine parameter file (a .mat with mu_prisparam/cov_prisparam, BasicSR's niqe_pris_params.npz, "
+               "or one fitted by `agiqa-bench pretrain niqe --images DIR --out FILE.mat`)")
 
 
-def resolve_params_file(value: str) -> Path:
+def resolve_params_file(value: str, *, download: bool = True) -> Path:
     """Path of the pristine parameter file for a ``params`` value (downloads `official` if needed)."""
-    value = str(value).strip()
-    if value == SYNTH_TAG:
-        return SYNTH_PARAMS
-    if value and value != OFFICIAL:
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise MethodUnavailable(
-                f"niqe: pristine parameter file {path} does not exist. Pass a .mat with mu_prisparam/cov_prisparam "
-                "(or BasicSR's niqe_pris_params.npz) with --set niqe.params=PATH, or fit one with "
-                "`agiqa-bench pretrain niqe --images DIR --out FILE.mat`."
-            )
-        return path
-    cached = _official_cached()
-    if cached is not None:
-        return cached
-    from pyiqa.utils.download_util import load_file_from_url
-
-    try:
-        return Path(load_file_from_url(_official_url()))
-    except Exception as exc:  # network errors of every kind
-        raise MethodUnavailable(
-            f"niqe: could not download the official pristine parameters ({OFFICIAL_FILE}) from {_official_url()}: "
-            f"{str(exc).split('. ')[0]}. Download it on a machine with internet, then pass it with "
-            "--set niqe.params=PATH (or use BasicSR's niqe_pris_params.npz)."
-        ) from None
+    return resolve(str(value).strip() or OFFICIAL, method="niqe", param="params", sources=PARAM_SOURCES,
+                   what=PARAMS_WHAT, download=download)
 
 
 def load_pristine(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | None]:
@@ -161,12 +136,7 @@ def load_pristine(path: str | Path) -> tuple[np.ndarray, np.ndarray, int | None]
 
 def params_available(params: dict[str, Any]) -> bool:
     """For `agiqa-bench methods`: is the parameter file there without downloading?"""
-    value = str(params.get("params", OFFICIAL)).strip()
-    if value == SYNTH_TAG:
-        return SYNTH_PARAMS.is_file()
-    if value and value != OFFICIAL:
-        return Path(value).expanduser().is_file()
-    return _official_cached() is not None
+    return available(str(params.get("params", OFFICIAL)).strip() or OFFICIAL, sources=PARAM_SOURCES)
 
 
 # -- features ----------------------------------------------------------------------
@@ -264,6 +234,13 @@ class NIQE(Method):
         if str(self.config["color_space"]).lower() not in ("yiq", "ycbcr"):
             raise ConfigError(f"niqe.color_space must be yiq or ycbcr, not {self.config['color_space']!r}")
         self._pristine: tuple[np.ndarray, np.ndarray] | None = None
+
+    def weights_identity(self) -> dict[str, str]:
+        """The pristine parameter file's identity (shipped, cached or local; empty while not downloaded)."""
+        try:
+            return {"params": identity(resolve_params_file(self.config["params"], download=False))}
+        except MethodUnavailable:
+            return {}
 
     def pristine(self) -> tuple[np.ndarray, np.ndarray]:
         if self._pristine is None:

@@ -20,13 +20,13 @@ On the built-in `synthetic` set (96 px; see the registry): 80 px crops, batch
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torchvision
-from torch import nn
-
-from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod, load_into
+from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec, Weights
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
@@ -52,15 +52,6 @@ SPEC = MethodSpec(
 )
 
 
-def resnet50_regressor(num_outputs: int = 1, state: dict | None = None, method: str = "resnet50") -> nn.Module:
-    model = torchvision.models.resnet50(weights=None)
-    model.fc = nn.Identity()  # the ImageNet classifier is not loaded
-    if state is not None:
-        load_into(model, state, method, "backbone_weights", "torchvision's ResNet-50", drop=("fc.",))
-    model.fc = nn.Linear(2048, num_outputs)
-    return model
-
-
 class ResNet50Method(DeepIQAMethod):
     params: ClassVar[dict[str, Any]] = {
         **TRAIN_PARAMS,
@@ -71,6 +62,8 @@ class ResNet50Method(DeepIQAMethod):
     weight_params: ClassVar[dict] = {"backbone_weights": RESNET50_IMAGENET}
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:
+        from baselines.archs.resnet import resnet50_regressor
+
         return resnet50_regressor(num_outputs, weights["backbone_weights"], self.spec.name)
 
     def is_head(self, name: str) -> bool:

@@ -118,6 +118,19 @@ class IPIQAMethod(Method):
         """The test part, given by the runner only under selection=test-oracle."""
         self._oracle = items
 
+    def weights_identity(self) -> dict[str, str]:
+        """The CLIP weights (a shipped `agiqa-synth` file or a local checkpoint) and the Image2Prompt checkpoint."""
+        from agiqa_bench.clip import SYNTH_TAG, WEIGHTS_DIR
+        from agiqa_bench.weights import identity, is_local
+
+        out = super().weights_identity()
+        if self.config["pretrained"] == SYNTH_TAG:
+            out["pretrained"] = identity(WEIGHTS_DIR / f"{self.config['clip_model']}-synth.pt")
+        path = self.image2prompt_path() if self.config["use_image2prompt"] != "yes" else self.config["image2prompt"]
+        if path and is_local(path) and "image2prompt" not in out:
+            out["image2prompt"] = identity(path)
+        return out
+
     # -- building -----------------------------------------------------------------------
     def image2prompt_path(self) -> str:
         mode, path = self.config["use_image2prompt"], self.config["image2prompt"]

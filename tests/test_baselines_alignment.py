@@ -157,7 +157,9 @@ def test_clipscore_missing_weights_name_the_fix(items, tmp_path):
     method = create_method("clipscore", {"pretrained": str(tmp_path / "ViT-B-32.pt")}, context(tmp_path))
     with pytest.raises(MethodUnavailable, match=r"ViT-B-32\.pt.*--set clipscore\.pretrained=PATH"):
         method.fit(items, [], ["alignment"])
-    if alignment.hub_cached("timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin") is None:
+    from agiqa_bench.weights import hf_cached
+
+    if hf_cached("timm/vit_base_patch32_clip_224.openai", "open_clip_pytorch_model.bin") is None:
         with pytest.raises(MethodUnavailable, match=r"offline.*--set clipscore\.pretrained=PATH"):
             create_method("clipscore", {}, context(tmp_path)).predict(items)
 

@@ -16,7 +16,7 @@ from agiqa_bench.registry import create_method, get_spec, method_params
 from agiqa_bench.splits import make_splits
 from agiqa_bench.training import CLIP_MEAN, CLIP_STD
 from agiqa_test_support import blurred_shapes, write_image
-from baselines.clipiqa import PromptPairs, text_tower
+from baselines.archs.clipiqa import PromptPairs, text_tower
 from agiqa_bench.clip import load_clip, tokenizer_for, weights_available
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -413,7 +413,9 @@ def test_grid_search_sees_only_training_items_and_is_deterministic(tmp_path, mon
         extracted.append(float(rgb[0, 0, 0]))
         return original_extract(self, rgb)
 
-    class SpySVR(svr_mod.SVR):
+    import sklearn.svm
+
+    class SpySVR(sklearn.svm.SVR):
         def fit(self, x, y, sample_weight=None):
             fitted_rows.append(len(x))
             return super().fit(x, y, sample_weight)
@@ -426,7 +428,7 @@ def test_grid_search_sees_only_training_items_and_is_deterministic(tmp_path, mon
         return original_fit_scaling(x)
 
     monkeypatch.setattr(MeanColour, "extract", spy_extract)
-    monkeypatch.setattr(svr_mod, "SVR", SpySVR)
+    monkeypatch.setattr(sklearn.svm, "SVR", SpySVR)  # svr imports it on use
     monkeypatch.setattr(svr_mod, "fit_scaling", spy_fit_scaling)
     context = MethodContext(cache_dir=None)  # no cache: every image read is visible
     first = MeanColour(TOY_SPEC, {"search": "grid", "cv_folds": "4"}, context)

@@ -238,7 +238,7 @@ def test_dbcnn_stage_one_trains_only_the_linear_layer(data, tmp_path):
 def test_hypernet_matches_pyiqa_forward_at_224():
     from pyiqa.archs.hypernet_arch import HyperNet
 
-    from baselines.hypernet import HyperNetNet
+    from baselines.archs.hypernet import HyperNetNet
 
     torch.manual_seed(0)
     net = HyperNetNet(1).eval()
@@ -298,9 +298,9 @@ def test_failed_download_is_method_unavailable(data, tmp_path, monkeypatch):
 def test_local_files_and_cached_tags_load(data, tmp_path):
     import torchvision
 
-    from baselines.dbcnn import SCNN, vgg16_features
-    from baselines.hypernet import HyperNetNet
-    from baselines.resnet import resnet50_regressor
+    from baselines.archs.dbcnn import SCNN, vgg16_features
+    from baselines.archs.hypernet import HyperNetNet
+    from baselines.archs.resnet import resnet50_regressor
 
     torch.manual_seed(1)
     r50 = torchvision.models.resnet50(weights=None).state_dict()

@@ -22,6 +22,7 @@ from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodContext
 from agiqa_bench.records import Item
 from agiqa_bench.registry import create_method, get_spec
+from baselines import blip
 from baselines import imagereward as ir
 from baselines import stairreward as sr
 
@@ -86,18 +87,18 @@ def test_key_map_accounts_for_every_official_key_of_the_full_model():
     """Official ImageReward (ViT-L/16 + BERT-base): every key mapped or documented-ignored, nothing left over."""
     official = {k: torch.empty(shape, dtype=getattr(torch, d.split(".")[1]), device="meta")
                 for k, shape, d in _keys("official_keys_full.json")}
-    ours, ignored, unknown = ir.convert_state_dict(official)
+    ours, ignored, unknown = blip.convert_state_dict(official)
     assert unknown == []
     assert sorted(ignored) == sorted(["blip.vision_proj.weight", "blip.vision_proj.bias", "blip.text_proj.weight",
                                       "blip.text_proj.bias", "blip.text_encoder.embeddings.position_ids"])
     assert len(ours) + len(ignored) == len(official)  # the map is one-to-one
     med = json.loads((FIXTURES / "med_config_full.json").read_text())
-    arch = ir.infer_architecture(official, med)
+    arch = blip.infer_architecture(official, med)
     assert (arch.image_size, arch.patch_size, arch.vision_width, arch.vision_layers, arch.vision_mlp) == \
         (224, 16, 1024, 24, 4096)
     assert arch.mlp_widths == (768, 1024, 128, 64, 16, 1)
     with torch.device("meta"):
-        model = ir.build_model(arch)
+        model = blip.build_model(arch)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert expected == {k: tuple(v.shape) for k, v in ours.items()}
     assert model.vision.config.num_attention_heads == 16 and model.vision.config.layer_norm_eps == 1e-6
@@ -107,18 +108,18 @@ def test_key_map_round_trip_loads_strictly():
     """Small official key set (the parity model): mapped dict loads with strict=True and values arrive unchanged."""
     keys = _keys("official_keys_small.json")
     weights = {k: torch.from_numpy(v) for k, v in weightgen.generate(keys, 3).items()}
-    ours, ignored, unknown = ir.convert_state_dict(weights)
+    ours, ignored, unknown = blip.convert_state_dict(weights)
     assert not unknown and len(ignored) == 5
     med = json.loads((FIXTURES / "med_config_small.json").read_text())
-    model = ir.build_model(ir.infer_architecture(weights, med))
+    model = blip.build_model(blip.infer_architecture(weights, med))
     model.load_state_dict(ours, strict=True)
     state = model.state_dict()
     for official_key, tensor in weights.items():
-        mine = ir.map_official_key(official_key)
+        mine = blip.map_official_key(official_key)
         if mine is not None:
             assert torch.equal(state[mine], tensor), official_key
     with pytest.raises(KeyError):
-        ir.map_official_key("blip.text_decoder.cls.predictions.bias")
+        blip.map_official_key("blip.text_decoder.cls.predictions.bias")
 
 
 def test_tiny_writer_uses_the_official_layout():
@@ -133,11 +134,11 @@ def test_parity_with_official_imagereward():
     keys = _keys("official_keys_small.json")
     weights = {k: torch.from_numpy(v) for k, v in weightgen.generate(keys, OFFICIAL["seed"]).items()}
     med = json.loads((FIXTURES / OFFICIAL["med_config"]).read_text())
-    scorer = ir.load_scorer_from(weights, med, vocab)
+    scorer = blip.load_scorer_from(weights, med, vocab)
     assert scorer.image_size == 224 and len(scorer.tokenizer) == OFFICIAL["tokenizer"]["size"] == 30524
     assert (scorer.tokenizer.enc_token_id, scorer.tokenizer.bos_token_id) == \
         (OFFICIAL["tokenizer"]["enc_token_id"], OFFICIAL["tokenizer"]["bos_token_id"])
-    ours = np.array([scorer.rewards(ir.load_pixels(FIXTURES / p["image"], 224), [p["prompt"]])[0]
+    ours = np.array([scorer.rewards(blip.load_pixels(FIXTURES / p["image"], 224), [p["prompt"]])[0]
                      for p in OFFICIAL["pairs"]])
     official = np.array([p["score"] for p in OFFICIAL["pairs"]])
     diff = np.abs(ours - official).max()
@@ -147,7 +148,7 @@ def test_parity_with_official_imagereward():
 
 
 def test_tokenizer_ids_match_the_official_tokenizer():
-    tok = ir.BlipTokenizer(bert_vocab())
+    tok = blip.BlipTokenizer(bert_vocab())
     for probe in OFFICIAL["tokenizer"]["probes"]:
         ids, mask = tok.encode([probe["text"]])
         assert ids[0].tolist() == probe["input_ids"], probe["text"]
@@ -161,11 +162,11 @@ def test_tokenizer_with_the_wrong_vocabulary_fails_loudly(tmp_path):
     five = tmp_path / "vocab.txt"
     five.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
     with pytest.raises(ConfigError, match=r"wrong tokenizer vocabulary .*gives 7 tokens.*30,524 rows"):
-        ir.BlipTokenizer(five)
+        blip.BlipTokenizer(five)
     no_pad = tmp_path / "nopad.txt"
     no_pad.write_text("[UNK]\n[CLS]\n[SEP]\n[MASK]\nx\n")
     with pytest.raises(ConfigError, match=r"lacks \[PAD\]"):
-        ir.BlipTokenizer(no_pad, expected_size=7)
+        blip.BlipTokenizer(no_pad, expected_size=7)
 
 
 def test_checkpoint_and_vocabulary_must_agree(tiny_ckpt, tmp_path):
@@ -180,9 +181,9 @@ def test_checkpoint_and_vocabulary_must_agree(tiny_ckpt, tmp_path):
 
 
 def test_official_normalisation_is_applied(tiny_ckpt):
-    assert (ir.REWARD_MEAN, ir.REWARD_STD) == (OFFICIAL["mean"], OFFICIAL["std"])
+    assert (blip.REWARD_MEAN, blip.REWARD_STD) == (OFFICIAL["mean"], OFFICIAL["std"])
     files = ir.resolve_files({"checkpoint": str(tiny_ckpt)})
-    scorer = ir.load_scorer(files)
+    scorer = blip.load_scorer(files)
     captured = {}
     handle = scorer.model.mlp.register_forward_hook(lambda mod, inp, out: captured.setdefault("raw", out.detach()))
     try:
@@ -201,11 +202,11 @@ def test_preprocessing_follows_torchvision(tmp_path):
 
     rng = np.random.default_rng(1)
     official = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                          lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(ir.CLIP_MEAN, ir.CLIP_STD)])
+                          lambda im: im.convert("RGB"), T.ToTensor(), T.Normalize(blip.CLIP_MEAN, blip.CLIP_STD)])
     for h, w, mode in ((90, 120, "RGB"), (301, 97, "RGB"), (224, 224, "RGB"), (250, 333, "L")):
         arr = rng.integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
         img = Image.fromarray(arr, mode)
-        np.testing.assert_allclose(ir.preprocess(img, 224), official(img).numpy(), atol=1e-6)
+        np.testing.assert_allclose(blip.preprocess(img, 224), official(img).numpy(), atol=1e-6)
 
 
 # -- availability -------------------------------------------------------------------------------
@@ -295,26 +296,26 @@ def test_each_pair_is_scored_once_and_cached(tiny_ckpt, tmp_path, monkeypatch):
     items = _items(tmp_path, ["a red cat, top view", "statue of a man", "a dog, realistic style"])
     params = {"checkpoint": str(tiny_ckpt)}
     calls = []
-    real = ir.Scorer.rewards
+    real = blip.Scorer.rewards
 
     def counting(self, pixels, prompts):
         calls.extend(prompts)
         return real(self, pixels, prompts)
 
-    monkeypatch.setattr(ir.Scorer, "rewards", counting)
+    monkeypatch.setattr(blip.Scorer, "rewards", counting)
     first = create_method("imagereward", params, MethodContext(cache_dir=tmp_path / "cache")).predict(items)
     assert calls == [it.prompt for it in items]
     assert np.ptp(first) > 0
 
     # later repeats: a fresh method object on the same run cache never touches the model
-    monkeypatch.setattr(ir, "load_scorer", lambda *a, **k: pytest.fail("the model was loaded for cached pairs"))
+    monkeypatch.setattr(blip, "load_scorer", lambda *a, **k: pytest.fail("the model was loaded for cached pairs"))
     for _ in range(3):
         again = create_method("imagereward", params, MethodContext(cache_dir=tmp_path / "cache")).predict(items)
         np.testing.assert_array_equal(again, first)
 
     # StairReward shares the per-pair cache: only the new stairs (the subjects) are scored
     monkeypatch.undo()
-    monkeypatch.setattr(ir.Scorer, "rewards", counting)
+    monkeypatch.setattr(blip.Scorer, "rewards", counting)
     calls.clear()
     create_method("stairreward.approx", params, MethodContext(cache_dir=tmp_path / "cache")).predict(items)
     assert calls == ["a red cat", "a dog"]

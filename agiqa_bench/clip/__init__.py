@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 from pathlib import Path
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
@@ -86,9 +87,16 @@ def weights_available(model: str, pretrained: str | None) -> bool | None:
         return None
 
 
-def check_weights(params: dict) -> bool | None:
-    """Availability of a method's CLIP weights from its params (for `agiqa-bench methods`)."""
-    return weights_available(params.get("clip_model", ""), params.get("pretrained", "openai"))
+def check_weights(params: dict, thorough: bool = False) -> bool | None:
+    """Availability of a method's CLIP weights from its params (for `agiqa-bench methods`).
+
+    Cheap by default (file checks only: a hub tag is "unknown"); `thorough` asks
+    open_clip which hub repository a tag names and looks in the cache.
+    """
+    model, pretrained = params.get("clip_model", ""), params.get("pretrained", "openai")
+    if not thorough and pretrained and pretrained != SYNTH_TAG and not is_local(pretrained):
+        return None
+    return weights_available(model, pretrained)
 
 
 def clip_weights_problem(model: str, pretrained: str | None, method: str, param: str = "pretrained") -> str | None:
