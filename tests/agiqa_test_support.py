@@ -107,3 +107,19 @@ def register(monkeypatch, *specs):
 
     monkeypatch.setattr(registry, "_registered", [*registry._registered, *specs])
     registry.refresh()
+
+
+class WeightedBrightness(Brightness):
+    """Brightness scaled by a number read from a weights file (`weights` parameter: a local path)."""
+
+    params = {"fail_on_repeat": -1, "weights": ""}
+
+    def predict(self, items):
+        return float(Path(self.config["weights"]).read_text()) * super().predict(items)
+
+
+from agiqa_bench.method import Weights  # noqa: E402
+
+WEIGHTED = MethodSpec(name="weighted", factory="agiqa_test_support:WeightedBrightness", kind="trainable",
+                      summary="test toy whose scores depend on a weights file", default_run=False,
+                      weights=(Weights("a scale factor file", "weights", "a local file"),))

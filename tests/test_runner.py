@@ -176,3 +176,26 @@ def test_runtime_only_parameters_neither_start_new_rows_nor_split_labels(tiny_ag
     other = run_benchmark(["batched"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out,
                           overrides={"batched": {"fail_on_repeat": "5"}})
     assert other.done == 4  # a parameter that may change scores is a new configuration
+
+
+def test_a_changed_weights_file_is_a_new_configuration(tiny_agiqa3k, tmp_path, monkeypatch):
+    """Same path, new bytes: the weights identity in the config hash makes the rerun compute new rows."""
+    from agiqa_test_support import WEIGHTED
+
+    register(monkeypatch, WEIGHTED)
+    weights = tmp_path / "scale.txt"
+    weights.write_text("1.0")
+    out = tmp_path / "runs"
+    run = lambda: run_benchmark(["weighted"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out,  # noqa: E731
+                                overrides={"weighted": {"weights": str(weights)}})
+    first = run()
+    assert first.done == 4 and run().skipped == 4  # unchanged file: reused
+    before = read_results(out)
+    weights.write_text("-2.0")  # same path, different bytes
+    changed = run()
+    assert changed.done == 4 and changed.skipped == 0
+    frame = read_results(out)
+    assert frame["config_hash"].nunique() == 2
+    assert set(before["config_hash"]) < set(frame["config_hash"])
+    new = frame[~frame["config_hash"].isin(before["config_hash"])]
+    assert (new["srcc"].to_numpy() == pytest.approx(-before["srcc"].to_numpy()))  # the new file's scores
