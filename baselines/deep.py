@@ -34,8 +34,7 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from agiqa_bench.hub import offline
-from agiqa_bench.weights import torch_hub_dir
+from agiqa_bench.weights import Source, available, is_random, resolve
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import (
@@ -48,43 +47,42 @@ from agiqa_bench.training import (
     predict_batches,
 )
 
-RANDOM_INIT = ("", "none", "random")
 
 
 @dataclass(frozen=True)
 class WeightSource:
-    """A downloadable weights file: `tag` names it in a method parameter."""
+    """A downloadable weights file: `tag` names it in a method parameter; fetched by `agiqa_bench.weights`."""
 
-    what: str
     tag: str
-    url: str
-    filename: str
-    cache_folder: str  # under torch.hub.get_dir()
+    source: Source
+
+    @property
+    def what(self) -> str:
+        return self.source.what
+
+    @property
+    def filename(self) -> str:
+        return self.source.filename
 
     def cache_path(self) -> Path:
-        return hub_dir() / self.cache_folder / self.filename
+        return self.source.cache_path()
+
+    def resolve(self, value: Any, method: str, param: str, *, download: bool = True) -> Path:
+        """The local file of a parameter value (the tag or a path); `WeightsUnavailable` otherwise."""
+        return resolve(value, method=method, param=param, sources={self.tag: self.source}, what=self.what,
+                       download=download)
 
 
 #: torchvision's ImageNet weights (the files `resnet50(weights="IMAGENET1K_V1")` and `vgg16(weights=...)` fetch).
-RESNET50_IMAGENET = WeightSource("ImageNet ResNet-50 (torchvision ResNet50_Weights.IMAGENET1K_V1)", "imagenet",
-                                 "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-                                 "resnet50-0676ba61.pth", "checkpoints")
-VGG16_IMAGENET = WeightSource("ImageNet VGG-16 (torchvision VGG16_Weights.IMAGENET1K_V1)", "imagenet",
-                              "https://download.pytorch.org/models/vgg16-397923af.pth",
-                              "vgg16-397923af.pth", "checkpoints")
+RESNET50_IMAGENET = WeightSource("imagenet", Source("ImageNet ResNet-50 (torchvision ResNet50_Weights.IMAGENET1K_V1)",
+                                                    url="https://download.pytorch.org/models/resnet50-0676ba61.pth"))
+VGG16_IMAGENET = WeightSource("imagenet", Source("ImageNet VGG-16 (torchvision VGG16_Weights.IMAGENET1K_V1)",
+                                                 url="https://download.pytorch.org/models/vgg16-397923af.pth"))
 #: DBCNN's S-CNN, pretrained on synthetic distortions (the official scnn.pkl, as re-hosted by pyiqa).
-SCNN_PYIQA = WeightSource("DBCNN's SCNN branch pretrained on synthetic distortions (pyiqa DBCNN_scnn-7ea73d75.pth)",
-                          "pyiqa", "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DBCNN_scnn-7ea73d75.pth",
-                          "DBCNN_scnn-7ea73d75.pth", "pyiqa")
-
-
-def hub_dir() -> Path:
-    """torch's hub cache folder ($TORCH_HOME/hub, by default ~/.cache/torch/hub), read at call time."""
-    return torch_hub_dir()
-
-
-def is_random(value: Any) -> bool:
-    return value is None or str(value).strip().lower() in RANDOM_INIT
+SCNN_PYIQA = WeightSource("pyiqa", Source(
+    "DBCNN's SCNN branch pretrained on synthetic distortions (pyiqa DBCNN_scnn-7ea73d75.pth)",
+    url="https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DBCNN_scnn-7ea73d75.pth",
+    cache_folder="pyiqa"))
 
 
 def weights_available(value: Any, source: WeightSource) -> bool:
@@ -92,11 +90,7 @@ def weights_available(value: Any, source: WeightSource) -> bool:
 
     False for a tag that is not cached yet: with internet it is downloaded on first use.
     """
-    if is_random(value):
-        return True
-    if value == source.tag:
-        return source.cache_path().is_file()
-    return Path(str(value)).expanduser().is_file()
+    return available(value, sources={source.tag: source.source})
 
 
 # "module:function" checks for the registry (`Weights.check`): they take the method's params.
@@ -112,50 +106,16 @@ def scnn_available(params: dict) -> bool:
     return weights_available(params.get("scnn_weights", "pyiqa"), SCNN_PYIQA)
 
 
-def _missing(method: str, param: str, source: WeightSource, why: str) -> MethodUnavailable:
-    return MethodUnavailable(
-        f"{method} needs {source.what} for its parameter {param!r}: {why}. "
-        f"Download {source.filename} ({source.url}) where there is internet, then pass "
-        f"--set {method}.{param}=/path/to/{source.filename} (or copy it to {source.cache_path()}); "
-        f"--set {method}.{param}= trains from random weights instead."
-    )
-
-
-def fetch(source: WeightSource, method: str, param: str) -> Path:
-    """The cached file of a tag, downloaded the normal way when it is not cached (never when offline)."""
-    path = source.cache_path()
-    if path.is_file():
-        return path
-    if offline():
-        raise _missing(method, param, source, f"{path} is not in the torch hub cache and downloads are off "
-                                              "(HF_HUB_OFFLINE / AGIQA_BENCH_OFFLINE)")
-    try:
-        if source.cache_folder == "pyiqa":
-            from pyiqa.utils.download_util import load_file_from_url
-
-            return Path(load_file_from_url(source.url, model_dir=str(path.parent), file_name=source.filename))
-        import torch.hub
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(source.url, str(path), progress=True)
-        return path
-    except Exception as exc:  # network errors come in many types; all mean "not downloadable here"
-        raise _missing(method, param, source, f"{path} is not cached and the download failed "
-                                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
-
-
 def load_state_dict(value: Any, source: WeightSource, method: str, param: str) -> dict | None:
-    """A state dict for a parameter's value (tag, file or random), or None for random weights."""
+    """A state dict for a parameter's value (tag, file or random), or None for random weights.
+
+    A file that is missing (or a tag not cached offline) raises the resolver's `WeightsUnavailable`.
+    """
     import torch
 
     if is_random(value):
         return None
-    if value == source.tag:
-        path = fetch(source, method, param)
-    else:
-        path = Path(str(value)).expanduser()
-        if not path.is_file():
-            raise _missing(method, param, source, f"the file {path} does not exist")
+    path = source.resolve(value, method, param)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

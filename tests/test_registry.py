@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agiqa_bench.datasets import load_dataset
-from agiqa_bench.errors import ConfigError
+from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodContext
 from agiqa_bench.registry import all_specs, canonical_name, create_method, default_methods, get_spec, list_methods
 from agiqa_bench.splits import make_splits
@@ -142,3 +142,29 @@ def test_method_contract(name, contract_data, image2prompt_ckpt, tmp_path):
         outputs.append(pred)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-8)
     assert np.ptp(outputs[0]) > 0, "a method that predicts a constant cannot be ranked"
+
+
+#: Methods whose weights go through the one resolver (agiqa_bench.weights), by weights parameter.
+RESOLVED_WEIGHTS = [("ipiqa", "pretrained"), ("clipiqa", "pretrained"), ("clipiqa.plus", "pretrained"),
+                    ("clipscore", "pretrained"), ("niqe", "params"), ("dbcnn", "backbone_weights"),
+                    ("dbcnn", "scnn_weights"), ("hypernet", "backbone_weights"), ("resnet50", "backbone_weights")]
+
+
+@pytest.mark.parametrize("name,param", RESOLVED_WEIGHTS)
+def test_missing_weights_give_one_shaped_message(name, param, contract_data, tmp_path):
+    """A missing weights file: one line naming the method parameter, the file, why, and the --set that supplies it."""
+    import re
+
+    ds, split = contract_data
+    spec, _ = get_spec(name)
+    missing = tmp_path / "nowhere" / f"{param}.pt"
+    method = create_method(name, {**spec.smoke, param: str(missing)}, MethodContext(seed=1, workdir=tmp_path,
+                                                                                    cache_dir=tmp_path / "c"))
+    targets = ds.targets if spec.joint_targets else ds.targets[:1]
+    with pytest.raises(MethodUnavailable) as err:
+        method.fit(ds.subset(split.train), ds.subset(split.val), targets)
+        method.predict(ds.subset(split.test))
+    text = str(err.value)
+    assert "\n" not in text
+    shape = rf"{re.escape(name)}\.{param}: .*{re.escape(str(missing))}.* is not available \(.+\)\..* Supply a local copy with --set {re.escape(name)}\.{param}=PATH$"
+    assert re.match(shape, text), text

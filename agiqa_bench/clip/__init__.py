@@ -100,21 +100,24 @@ def check_weights(params: dict, thorough: bool = False) -> bool | None:
 
 
 def clip_weights_problem(model: str, pretrained: str | None, method: str, param: str = "pretrained") -> str | None:
-    """Why open_clip weights (`model`, `pretrained`) cannot be loaded here; None if they can be (or downloaded)."""
-    from agiqa_bench.hub import offline
+    """Why open_clip weights (`model`, `pretrained`) cannot be loaded here; None if they can be (or downloaded).
 
-    fix = f"--set {method}.{param}=PATH"
+    The text is the one shape of every weights error (`agiqa_bench.weights.unavailable`).
+    """
+    from agiqa_bench.hub import offline
+    from agiqa_bench.weights import unavailable
+
     if not pretrained:
         return None
     if pretrained == SYNTH_TAG:
         path = WEIGHTS_DIR / f"{model}-synth.pt"
-        return None if path.is_file() else (
-            f"{method}: no built-in synthetic CLIP for {model!r} ({path} is missing); pick another "
-            f"{method}.clip_model or pass a checkpoint with {fix}")
+        return None if path.is_file() else str(unavailable(
+            method, param, f"the built-in synthetic CLIP for {model!r}", f"{path} is missing from this installation",
+            "agiqa_bench/clip/weights/README.md (how to rebuild it)"))
     if is_local(pretrained):
         path = Path(str(pretrained)).expanduser()
-        return None if path.is_file() else (
-            f"{method}: CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r} with {fix}")
+        return None if path.is_file() else str(unavailable(
+            method, param, f"CLIP weights {path} for {model!r}", "no such file"))
     if offline() and weights_available(model, pretrained) is False:
         sources = ""
         try:
@@ -126,10 +129,9 @@ def clip_weights_problem(model: str, pretrained: str | None, method: str, param:
             sources = " or ".join(p for p in parts if p)
         except Exception:
             pass
-        where = f" ({sources})" if sources else ""
-        return (f"{method}: CLIP weights {model}/{pretrained} are not in the local cache and downloads are "
-                f"off (offline: AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE). Download the checkpoint elsewhere{where} and pass the file "
-                f"with {fix}")
+        return str(unavailable(method, param, f"CLIP weights {model}/{pretrained}",
+                               "not in the local cache and downloads are off (offline: AGIQA_BENCH_OFFLINE / "
+                               "HF_HUB_OFFLINE)", sources))
     return None
 
 
@@ -139,6 +141,8 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     `option` is the `--set` option that takes a local checkpoint, named in the error when weights are missing.
     """
     import open_clip
+
+    from agiqa_bench.weights import unavailable
 
     register_configs()
     if model not in open_clip.list_models():
@@ -153,7 +157,8 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     if is_local(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            raise MethodUnavailable(f"CLIP weights file not found: {path}. Give the path of a checkpoint for {model!r}.")
+            method, _, param = option.rpartition(".")
+            raise unavailable(method, param, f"CLIP weights {path} for {model!r}", "no such file")
         try:
             return open_clip.create_model(model, pretrained=str(path), **kwargs).eval()
         except RuntimeError as exc:
@@ -164,12 +169,12 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     try:
         return open_clip.create_model(model, pretrained=pretrained, **kwargs).eval()
     except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
-        raise MethodUnavailable(
-            f"could not load CLIP weights {model}/{pretrained} ({type(exc).__name__}: {_first_sentence(exc)}). "
-            "With internet access open_clip downloads and caches them on first use. Offline, download the "
-            "checkpoint elsewhere (e.g. OpenAI's RN50.pt for RN50-quickgelu/openai) and pass its path instead of "
-            f"the tag, e.g. --set {option}=/path/to/RN50.pt"
-        ) from None
+        method, _, param = option.rpartition(".")
+        raise unavailable(method, param, f"CLIP weights {model}/{pretrained}",
+                          f"open_clip could not load them: {type(exc).__name__}: {_first_sentence(exc)}; with "
+                          "internet it downloads and caches them on first use",
+                          "the checkpoint open_clip names for this tag (e.g. OpenAI's RN50.pt for "
+                          "RN50-quickgelu/openai)") from None
 
 
 def _first_sentence(exc: Exception, limit: int = 240) -> str:
