@@ -313,9 +313,11 @@ def methods(
         weights_status,
     )
 
+    import fnmatch
+
     names = set(list_methods(pattern))
     chosen = [spec for spec in all_specs()
-              if spec.name in names or any(f"{spec.name}.{v}" in names for v in spec.variants)]
+              if spec.name in names or (pattern and fnmatch.fnmatch(spec.name, pattern)) or any(f"{spec.name}.{v}" in names for v in spec.variants)]
     details = details or len(chosen) == 1
     wide = console.width >= 120 or details  # the variants and weights names need room
     table = Table(title="methods (weights: ✓ here, ✗ missing, ? not checked; --details says more)")
@@ -323,14 +325,23 @@ def methods(
     for col in columns:
         table.add_column(col, no_wrap=col != "variants / aliases")
     approximations = []
-    statuses = {spec.name: weights_status(spec, method_params(spec.name), thorough=details) for spec in chosen}
+    def status(spec):
+        """Each weights entry checked with the parameters of the variant it belongs to."""
+        out = [ws for ws in weights_status(spec, method_params(spec.name), thorough=details) if not ws[0].variants]
+        for variant in dict.fromkeys(v for w in spec.weights for v in w.variants):
+            out += [ws for ws in weights_status(spec, method_params(f"{spec.name}.{variant}"), variant,
+                                                thorough=details) if ws[0].variants]
+        return out
+
+    statuses = {spec.name: status(spec) for spec in chosen}
     for spec in chosen:
         marks = []
         for w, ok in statuses[spec.name]:
             mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "?"}[ok]
             synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
             note = f" (synthetic: {synth or 'random init'})" if ok is False and synth is not None and wide else ""
-            marks.append(f"{mark} {w.param}{note}" if wide else mark)
+            which = f" (.{' .'.join(w.variants)})" if w.variants else ""
+            marks.append(f"{mark} {w.param}{which}{note}" if wide else mark)
         label = spec.name
         if spec.approximation:
             label += " [yellow]≈[/]"

@@ -360,3 +360,61 @@ def fit_regressor(
     if best_state is not None:
         model.load_state_dict(best_state)
     return FitResult(best_epoch=best_epoch, history=history)
+
+
+# -- the trainable-torch method base ----------------------------------------------------------
+from agiqa_bench.method import Method  # noqa: E402  (method imports nothing from here)
+
+
+class TorchRegressor(Method):
+    """What every torch method trained by `fit_regressor` shares (IP-IQA, the deep baselines).
+
+    The selection protocol (`selection`: val, last, or the labelled test-oracle,
+    whose test part the runner hands over through `set_oracle`), the fitted
+    model, keeping its checkpoint when the run asks for it, and prediction in
+    batches.  Subclasses build the model, give `train_config()` and `save()`,
+    and add per-item inputs (`extras`) or prediction options (`predict_options`).
+    """
+
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
+        self.model = None  # what is trained and predicts
+        self._oracle: Sequence[Item] | None = None
+        self.info: dict = {}
+
+    @property
+    def uses_test_oracle(self) -> bool:
+        return self.config["selection"] == "test-oracle"
+
+    def set_oracle(self, items: Sequence[Item]) -> None:
+        """The test part, given by the runner only under selection=test-oracle."""
+        self._oracle = items
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def train_config(self) -> TrainConfig:
+        raise NotImplementedError
+
+    def save(self, path):
+        raise NotImplementedError
+
+    def extras(self, items: Sequence[Item]) -> list:
+        """Per-item tensors the model takes besides the pixels (IP-IQA: prompt tokens)."""
+        return []
+
+    def predict_options(self, cfg: TrainConfig) -> dict:
+        """Keyword arguments of `predict_batches` (normalisation, test crops)."""
+        return {}
+
+    # -- shared ---------------------------------------------------------------------------------
+    def keep_checkpoint(self) -> None:
+        """Save the fitted model where the run keeps checkpoints (`--keep-checkpoints`)."""
+        if self.context.keep_checkpoints and self.context.workdir is not None:
+            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
+
+    def predict(self, items: Sequence[Item]) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError(f"{self.spec.name}: predict called before fit")
+        cfg = self.train_config()
+        images = ImageBank.get(items, cfg.image_size)
+        return predict_batches(self.model, images, self.extras(items), self.context.device, cfg.eval_batch_size,
+                               cfg.amp, **self.predict_options(cfg))

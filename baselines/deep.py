@@ -35,16 +35,14 @@ import numpy as np
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.weights import Source, available, is_random, resolve
-from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 from agiqa_bench.training import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FitResult,
-    ImageBank,
+    TorchRegressor,
     TrainConfig,
     fit_regressor,
-    predict_batches,
 )
 
 
@@ -63,6 +61,10 @@ class WeightSource:
     @property
     def filename(self) -> str:
         return self.source.filename
+
+    @property
+    def url(self) -> str:
+        return self.source.url
 
     def cache_path(self) -> Path:
         return self.source.cache_path()
@@ -200,7 +202,7 @@ TRAIN_PARAMS: dict[str, Any] = {
 }
 
 
-class DeepIQAMethod(Method):
+class DeepIQAMethod(TorchRegressor):
     """A torch regression model trained by `fit_regressor`; subclasses implement `build`.
 
     Subclass hooks:
@@ -220,21 +222,10 @@ class DeepIQAMethod(Method):
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
-        self.net = None  # the network `build` made
-        self.model = None  # the network with its MOS scaling: what is trained and predicts
+        self.net = None  # the network `build` made; self.model adds its MOS scaling
         if self.config["mos_scaling"] not in ("minmax", "none"):
             raise ConfigError(f"{spec.name}.mos_scaling must be minmax or none, got {self.config['mos_scaling']!r}")
-        self._oracle: Sequence[Item] | None = None
-        self.info: dict[str, Any] = {}
         self.train_config().check()  # bad values fail when the method is made, not after loading data
-
-    @property
-    def uses_test_oracle(self) -> bool:
-        return self.config["selection"] == "test-oracle"
-
-    def set_oracle(self, items: Sequence[Item]) -> None:
-        """The test part, given by the runner only under selection=test-oracle."""
-        self._oracle = items
 
     # -- hooks ------------------------------------------------------------------------------
     def build(self, num_outputs: int, weights: dict[str, dict | None]):
@@ -308,17 +299,11 @@ class DeepIQAMethod(Method):
         self.info = {"best_epoch": [r.best_epoch for r in results] if len(results) > 1 else results[0].best_epoch,
                      "selection": cfg.selection, "train_loss_last": last["train_loss"],
                      "pretrained": {p: str(self.config[p]) for p in self.weight_params}}
-        if self.context.keep_checkpoints and self.context.workdir is not None:
-            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
+        self.keep_checkpoint()
 
-    def predict(self, items: Sequence[Item]) -> np.ndarray:
-        if self.model is None:
-            raise RuntimeError(f"{self.spec.name}: predict called before fit")
-        cfg = self.train_config()
-        images = ImageBank.get(items, cfg.image_size)
-        return predict_batches(self.model, images, [], self.context.device, cfg.eval_batch_size, cfg.amp,
-                               self.mean, self.std, crop_size=cfg.crop_size if cfg.test_crops else 0,
-                               crops=cfg.test_crops, crop_mode=cfg.test_crop_mode, seed=self.context.seed)
+    def predict_options(self, cfg: TrainConfig) -> dict:
+        return {"mean": self.mean, "std": self.std, "crop_size": cfg.crop_size if cfg.test_crops else 0,
+                "crops": cfg.test_crops, "crop_mode": cfg.test_crop_mode, "seed": self.context.seed}
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path: Path) -> Path:

@@ -67,60 +67,46 @@ from agiqa_bench.weights import file_identity, hf_cached as hub_cached
 from baselines.alignment import OpenCLIPScorer
 from agiqa_bench.method import MethodSpec, Weights
 
-#: This module's registry entries (registered through the `agiqa_bench.methods` entry points).
-SPECS = [
-    MethodSpec(
-        name="hps.v2_1",
-        family="alignment",
-        factory="baselines.hps:HPS",
-        kind="zero-shot",
-        summary="HPS v2.1: cos(image, prompt) of OpenCLIP ViT-H/14 fine-tuned on HPDv2 (HPS_v2.1_compressed.pt).",
-        inputs=("image", "prompt"),
-        aliases=("hps",),
-        weights=(Weights("HPS v2.1 checkpoint HPS_v2.1_compressed.pt (HF xswu/HPSv2)", "checkpoint",
-                         "downloaded by huggingface_hub on first use; offline, pass the file with "
-                         "--set hps.v2_1.checkpoint=PATH",
-                         check="baselines.hps:checkpoint_available"),),
-        reference="Wu et al., arXiv 2306.09341; code tgxs002/HPSv2 (hpsv2/img_score.py)",
-        default_run=False,
-        # the HPS code path on the shipped synthetic CLIP (not an HPS model): offline contract tests only
-        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
-    ),
-    MethodSpec(
-        name="hps.v2",
-        family="alignment",
-        factory="baselines.hps:HPSv2",
-        kind="zero-shot",
-        summary="HPS v2 (hpsv2's 'v2.0'): cos(image, prompt) of OpenCLIP ViT-H/14 fine-tuned on HPDv2.",
-        inputs=("image", "prompt"),
-        weights=(Weights("HPS v2 checkpoint HPS_v2_compressed.pt (HF xswu/HPSv2)", "checkpoint",
-                         "downloaded by huggingface_hub on first use; offline, pass the file with "
-                         "--set hps.v2.checkpoint=PATH",
-                         check="baselines.hps:checkpoint_available"),),
-        reference="Wu et al., arXiv 2306.09341; code tgxs002/HPSv2 (hpsv2/img_score.py)",
-        default_run=False,
-        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
-    ),
-    MethodSpec(
-        name="hps.v1",
-        family="alignment",
-        factory="baselines.hps:HPSv1",
-        kind="zero-shot",
-        summary="HPS v1: cos(image, prompt) of OpenAI CLIP ViT-L/14 fine-tuned on Discord preference data (hpc.pth).",
-        inputs=("image", "prompt"),
-        weights=(Weights("HPS v1 checkpoint hpc.pth (OneDrive link in the tgxs002/align_sd README; on no hub)",
-                         "checkpoint", "download it by hand, then --set hps.v1.checkpoint=/path/to/hpc.pth",
-                         check="baselines.hps:checkpoint_available"),),
-        reference="Wu et al., ICCV 2023 (arXiv 2303.14420); code tgxs002/align_sd (README)",
-        default_run=False,
-        smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
-    ),
-]
+#: This method's registry entry: one spec, the HPS versions as variants (`hps` = `hps.v2_1`), each with its
+#: own checkpoint entry (registered through the `agiqa_bench.methods` entry points).
+SPEC = MethodSpec(
+    name="hps",
+    family="alignment",
+    factory="baselines.hps:HPS",
+    kind="zero-shot",
+    summary="Human Preference Score: cos(image, prompt) of a CLIP fine-tuned on human preferences. v2_1 / v2: "
+            "OpenCLIP ViT-H/14 on HPDv2 (HPS_v2.1_compressed.pt / HPS_v2_compressed.pt); v1: OpenAI CLIP "
+            "ViT-L/14 on Discord preference data (hpc.pth).",
+    inputs=("image", "prompt"),
+    variants={
+        "v2_1": {"hps_version": "v2.1", "checkpoint": "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"},
+        "v2": {"hps_version": "v2.0", "checkpoint": "hf://xswu/HPSv2/HPS_v2_compressed.pt"},
+        "v1": {"hps_version": "v1", "clip_model": "ViT-L-14-quickgelu", "checkpoint": ""},
+    },
+    canonical_variant="v2_1",
+    weights=(Weights("HPS v2.1 checkpoint HPS_v2.1_compressed.pt (HF xswu/HPSv2)", "checkpoint",
+                     "downloaded by huggingface_hub on first use; offline, pass the file with "
+                     "--set hps.v2_1.checkpoint=PATH", check="baselines.hps:checkpoint_available",
+                     variants=("v2_1",)),
+             Weights("HPS v2 checkpoint HPS_v2_compressed.pt (HF xswu/HPSv2)", "checkpoint",
+                     "downloaded by huggingface_hub on first use; offline, pass the file with "
+                     "--set hps.v2.checkpoint=PATH", check="baselines.hps:checkpoint_available",
+                     variants=("v2",)),
+             Weights("HPS v1 checkpoint hpc.pth (OneDrive link in the tgxs002/align_sd README; on no hub)",
+                     "checkpoint", "download it by hand, then --set hps.v1.checkpoint=/path/to/hpc.pth",
+                     check="baselines.hps:checkpoint_available", variants=("v1",))),
+    reference="Wu et al., arXiv 2306.09341 (v2, code tgxs002/HPSv2 hpsv2/img_score.py); Wu et al., ICCV 2023 "
+              "(v1, code tgxs002/align_sd)",
+    default_run=False,
+    # the HPS code path on the shipped synthetic CLIP (not an HPS model): offline contract tests only
+    smoke={"clip_model": "agiqa-tiny-rn", "checkpoint": "agiqa-synth"},
+)
 
 HPS_REPO = "xswu/HPSv2"
 HPS_V2_FILE = "HPS_v2_compressed.pt"
 HPS_V21_FILE = "HPS_v2.1_compressed.pt"
 HUB_SCHEME = "hf://"
+HPS_VERSIONS = ("v2.1", "v2.0", "v1")
 ALIGN_SD_README = "https://github.com/tgxs002/align_sd#human-preference-classifier"
 SYNTH_TAG = "agiqa-synth"
 
@@ -224,19 +210,33 @@ def load_hps_model(clip_model: str, path: str | Path, method: str):
 
 
 class HPS(OpenCLIPScorer):
-    """HPS v2.1: cos(image, prompt) of the ViT-H-14 fine-tuned on HPDv2 (v2.1 checkpoint)."""
+    """HPS of one version (`hps_version`, set by the variant): cos(image, prompt) of its fine-tuned CLIP."""
 
-    version: ClassVar[str] = "v2.1"
     params: ClassVar[dict[str, Any]] = {
+        "hps_version": "v2.1",  # v2.1 | v2.0 | v1 (the variants set it with its checkpoint)
         "clip_model": "ViT-H-14",
         "checkpoint": f"{HUB_SCHEME}{HPS_REPO}/{HPS_V21_FILE}",
         "batch_size": 16,
     }
     family: ClassVar[str] = "hps"
-    resize_on: ClassVar[str] = "tensor"  # hpsv2's evaluation transform resizes the tensor
+
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
+        if self.hps_version not in HPS_VERSIONS:
+            raise ConfigError(f"{self.name}.hps_version must be one of {', '.join(HPS_VERSIONS)}, "
+                              f"not {self.hps_version!r}")
+
+    @property
+    def hps_version(self) -> str:
+        return str(self.config["hps_version"])
+
+    @property
+    def resize_on(self) -> str:
+        """hpsv2's evaluation transform resizes the tensor; v1 uses OpenAI CLIP's preprocess (PIL)."""
+        return "pil" if self.hps_version == "v1" else "tensor"
 
     def weights_problem(self) -> str | None:
-        return checkpoint_problem(self.config, self.spec.name, self.version)
+        return checkpoint_problem(self.config, self.name, self.hps_version)
 
     def checkpoint_path(self) -> str:
         """A local file for the checkpoint (downloads and caches a hub file on first use)."""
@@ -257,34 +257,19 @@ class HPS(OpenCLIPScorer):
             return hf_hub_download(repo, filename)
         except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
             raise MethodUnavailable(
-                f"{self.spec.name}: could not download {filename} from the Hugging Face repo {repo} "
+                f"{self.name}: could not download {filename} from the Hugging Face repo {repo} "
                 f"({type(exc).__name__}). Download it elsewhere (https://huggingface.co/{repo}) and pass the "
-                f"file with {_fix(self.spec.name)}") from None
+                f"file with {_fix(self.name)}") from None
 
     def weights_identity(self) -> dict[str, Any]:
         value = str(self.config["checkpoint"]).strip()
-        ident: dict[str, Any] = {"hps_version": self.version, "clip_model": self.config["clip_model"],
+        ident: dict[str, Any] = {"hps_version": self.hps_version, "clip_model": self.config["clip_model"],
                                  "checkpoint": value, "resize_on": self.resize_on}
         if not value.startswith(HUB_SCHEME):
             ident["file"] = file_identity(self.checkpoint_path())
         return ident
 
     def load_model(self):
-        model = load_hps_model(self.config["clip_model"], self.checkpoint_path(), self.spec.name)
+        model = load_hps_model(self.config["clip_model"], self.checkpoint_path(), self.name)
         model.requires_grad_(False)
         return model.float().eval().to(self.context.device)
-
-
-class HPSv2(HPS):
-    """HPS v2 (hpsv2's "v2.0"): the first HPDv2 checkpoint."""
-
-    version: ClassVar[str] = "v2.0"
-    params: ClassVar[dict[str, Any]] = {**HPS.params, "checkpoint": f"{HUB_SCHEME}{HPS_REPO}/{HPS_V2_FILE}"}
-
-
-class HPSv1(HPS):
-    """HPS v1: OpenAI CLIP ViT-L/14 fine-tuned on the Discord preference data (hpc.pth, local file only)."""
-
-    version: ClassVar[str] = "v1"
-    params: ClassVar[dict[str, Any]] = {"clip_model": "ViT-L-14-quickgelu", "checkpoint": "", "batch_size": 16}
-    resize_on: ClassVar[str] = "pil"  # OpenAI CLIP's preprocess

@@ -17,12 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-import numpy as np
-
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.method import MethodSpec, Weights
 from agiqa_bench.records import Item
-from agiqa_bench.training import ImageBank, TrainConfig, fit_regressor, predict_batches
+from agiqa_bench.training import TorchRegressor, TrainConfig, fit_regressor
 
 #: IP-IQA on the built-in synthetic set: the small CLIP pretrained on SynthAGIQA's caption corpus
 #: (shipped, tag `agiqa-synth`), at the set's native 96 px (a 3x3 token grid), sized for a CPU run
@@ -75,7 +73,7 @@ def ablation_components(config: dict) -> dict[str, bool]:
     return {"Image2Prompt": i2p, "Integral prompt": prompt, "[QA]": prompt and bool(config.get("qa_token", False))}
 
 
-class IPIQAMethod(Method):
+class IPIQAMethod(TorchRegressor):
     params: ClassVar[dict[str, Any]] = {
         # model
         "clip_model": "RN50-quickgelu",
@@ -103,20 +101,9 @@ class IPIQAMethod(Method):
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
-        self.model = None
-        self._oracle: Sequence[Item] | None = None
         self._tokens: dict[str, Any] = {}
-        self.info: dict[str, Any] = {}
         if self.config["use_image2prompt"] not in ("auto", "yes", "no"):
             raise ConfigError(f"{spec.name}.use_image2prompt must be auto, yes or no")
-
-    @property
-    def uses_test_oracle(self) -> bool:
-        return self.config["selection"] == "test-oracle"
-
-    def set_oracle(self, items: Sequence[Item]) -> None:
-        """The test part, given by the runner only under selection=test-oracle."""
-        self._oracle = items
 
     def weights_identity(self) -> dict[str, str]:
         """The CLIP weights (a shipped `agiqa-synth` file or a local checkpoint) and the Image2Prompt checkpoint."""
@@ -166,7 +153,7 @@ class IPIQAMethod(Method):
                            image_size=int(c["image_size"]), hflip=bool(c["hflip"]), selection=c["selection"],
                            amp=bool(c["amp"]))
 
-    def _extras(self, items: Sequence[Item]) -> list:
+    def extras(self, items: Sequence[Item]) -> list:
         """Prompt tokens, tokenised once per prompt."""
         import torch
 
@@ -187,19 +174,10 @@ class IPIQAMethod(Method):
         cfg = self.train_config()
         groups = self.model.param_groups(cfg.lr, cfg.head_lr_scale, cfg.weight_decay, float(self.config["fusion_lr_scale"]))
         result = fit_regressor(self.model, groups, train, val, self.targets, cfg, device=self.context.device,
-                               seed=self.context.seed, extras=self._extras, oracle=self._oracle)
+                               seed=self.context.seed, extras=self.extras, oracle=self._oracle)
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
                      "train_mse_last": result.history[-1]["train_mse"]}
-        if self.context.keep_checkpoints and self.context.workdir is not None:
-            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
-
-    def predict(self, items: Sequence[Item]) -> np.ndarray:
-        if self.model is None:
-            raise RuntimeError(f"{self.spec.name}: predict called before fit")
-        cfg = self.train_config()
-        images = ImageBank.get(items, cfg.image_size)
-        return predict_batches(self.model, images, self._extras(items), self.context.device,
-                               cfg.eval_batch_size, cfg.amp)
+        self.keep_checkpoint()
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, path: Path) -> Path:

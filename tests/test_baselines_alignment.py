@@ -177,7 +177,7 @@ def test_hps_loads_an_hpsv2_checkpoint_and_scores_cosine(items, tmp_path):
     torch.save({"state_dict": {k: v.half() for k, v in model.state_dict().items()}}, ckpt)
     method = create_method("hps", {"clip_model": "agiqa-tiny-vit", "checkpoint": str(ckpt), "batch_size": 3},
                            context(tmp_path))
-    assert method.spec.name == "hps.v2_1" and method.resize_on == "tensor"
+    assert method.name == "hps.v2_1" and method.resize_on == "tensor"
     got = method.predict(items)
     reference = tiny_vit(seed=11)
     reference.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})

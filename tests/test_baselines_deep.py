@@ -329,7 +329,7 @@ def test_local_files_and_cached_tags_load(data, tmp_path):
     with pytest.raises(MethodUnavailable, match="backbone_weights: the weights do not fit"):
         bad.fit(train[:8], val, ds.targets)
     gone = make("resnet50", data, tmp_path, backbone_weights=str(tmp_path / "nope.pth"))
-    with pytest.raises(MethodUnavailable, match="nope.pth does not exist"):
+    with pytest.raises(MethodUnavailable, match=r"nope\.pth is not available \(no such file\)"):
         gone.fit(train, val, ds.targets)
 
 

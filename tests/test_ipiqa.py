@@ -129,7 +129,7 @@ def test_image2prompt_variants_say_what_is_missing(variant, data):
 
 
 def test_missing_weights_error_says_how_to_supply_them(tmp_path):
-    with pytest.raises(MethodUnavailable, match="not found"):
+    with pytest.raises(MethodUnavailable, match=r"RN50\.pt.*is not available \(no such file\).*--set ipiqa\.pretrained=PATH"):
         IPIQA(IPIQAConfig(clip_model="agiqa-tiny-rn", pretrained=str(tmp_path / "RN50.pt"), image_size=64))
 
 
@@ -164,7 +164,7 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
     assert targets == list(ds.targets)
     from agiqa_bench.training import ImageBank, predict_batches
 
-    again = predict_batches(model, ImageBank.get(test, 64), oracle._extras(test), "cpu", 64, False)
+    again = predict_batches(model, ImageBank.get(test, 64), oracle.extras(test), "cpu", 64, False)
     np.testing.assert_allclose(again, oracle.predict(test), rtol=1e-5, atol=1e-6)
 
 
