@@ -51,7 +51,6 @@ from baselines.cpbd import matlab_round, rgb2gray_uint8
 from baselines.svr import FeatureSVR
 from agiqa_bench.method import MethodSpec
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="ceiq",
     family="svr",

@@ -89,17 +89,17 @@ import numpy as np
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
-from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.records import Item
 from agiqa_bench.training import TrainConfig, fit_regressor, normalise
 from baselines.alignment import open_clip_identity
 from agiqa_bench.clip import (
+    clip_weights,
     clip_weights_problem,
     load_clip,
     tokenizer_for,
 )
 
-#: This module's registry entries (registered through the `agiqa_bench.methods` entry points).
 SPECS = [
     MethodSpec(
         name="clipiqa",
@@ -107,10 +107,7 @@ SPECS = [
         factory="baselines.clipiqa:CLIPIQA",
         kind="zero-shot",
         summary="CLIP-IQA: CLIP RN50 (attention pool without positional embedding), p('Good photo.') vs 'Bad photo.'.",
-        weights=(Weights("CLIP RN50 (openai)", "pretrained",
-                         "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
-                         "--set clipiqa.pretrained=PATH",
-                         check="agiqa_bench.clip:check_weights"),),
+        weights=(clip_weights("CLIP RN50 (openai)", "clipiqa", "RN50.pt"),),
         reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAFixed)",
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
         smoke={"clip_model": "agiqa-tiny-rn", "pretrained": ""},
@@ -122,10 +119,7 @@ SPECS = [
         kind="trainable",
         summary="CLIP-IQA+: CoOp context vectors around the antonym prompts (one pair per target), CLIP frozen.",
         joint_targets=True,
-        weights=(Weights("CLIP RN50 (openai)", "pretrained",
-                         "downloaded by open_clip on first use; offline, pass a local RN50.pt with "
-                         "--set clipiqa.plus.pretrained=PATH",
-                         check="agiqa_bench.clip:check_weights"),),
+        weights=(clip_weights("CLIP RN50 (openai)", "clipiqa.plus", "RN50.pt"),),
         reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAPredictor, CoOp prompt learner)",
         # SynthAGIQA: the shipped small CLIP, native 96 px; training sized for seconds per split on a CPU
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "epochs": 30,

@@ -51,10 +51,9 @@ import numpy as np
 
 from agiqa_bench.errors import ConfigError
 from baselines.alignment import OpenCLIPScorer, open_clip_identity
-from agiqa_bench.clip import clip_weights_problem
-from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.clip import clip_weights, clip_weights_problem
+from agiqa_bench.method import MethodSpec
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="clipscore",
     family="alignment",
@@ -63,10 +62,7 @@ SPEC = MethodSpec(
     summary="CLIPScore: 2.5 * max(cos(image, 'A photo depicts ' + prompt), 0) with CLIP ViT-B/32.",
     inputs=("image", "prompt"),
     variants={"vit_l14": {"clip_model": "ViT-L-14-quickgelu", "pretrained": "openai"}},
-    weights=(Weights("CLIP ViT-B/32 (openai)", "pretrained",
-                     "downloaded by open_clip on first use; offline, pass OpenAI's ViT-B-32.pt with "
-                     "--set clipscore.pretrained=PATH",
-                     check="agiqa_bench.clip:check_weights"),),
+    weights=(clip_weights("CLIP ViT-B/32 (openai)", "clipscore", "ViT-B-32.pt (OpenAI's)"),),
     reference="Hessel et al., EMNLP 2021; code jmhessel/clipscore (clipscore.py)",
     dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"}},
     smoke={"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth"},

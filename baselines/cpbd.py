@@ -80,7 +80,6 @@ from agiqa_bench.images import load_rgb, to_gray
 from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.records import Item
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="cpbd",
     family="handcrafted",

@@ -49,7 +49,6 @@ from agiqa_bench.method import MethodSpec, Weights
 if TYPE_CHECKING:
     from torch import nn
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="dbcnn",
     family="deep",

@@ -61,7 +61,6 @@ from baselines.nss import filter2_same, gaussian_taps, separable_filter2_same
 from baselines.svr import FeatureSVR
 from agiqa_bench.method import MethodSpec
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="gmlf",
     family="svr",

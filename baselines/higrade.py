@@ -83,7 +83,6 @@ from baselines.nss import filter2_same, gaussian_taps, ggd_fit, imresize_half, m
 from baselines.svr import FeatureSVR
 from agiqa_bench.method import MethodSpec
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="higrade",
     family="svr",

@@ -17,7 +17,7 @@ higher = preferred / better aligned.  The prompt is encoded as it is (no
 prefix), with CLIP's BPE tokenizer at the model's context (77 tokens): longer
 prompts lose their end (see `baselines.alignment`).
 
-Versions (one registry entry each; the version is in the name):
+Versions (variants of the one `hps` spec; `hps` alone is `hps.v2_1`):
 
 - ``hps.v2_1`` (alias ``hps``): ``HPS_v2.1_compressed.pt``, the default of
   current hpsv2 releases.  ``hps.v2``: ``HPS_v2_compressed.pt`` (hpsv2's

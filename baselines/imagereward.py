@@ -66,7 +66,6 @@ from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
 from agiqa_bench.weights import identity
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="imagereward",
     family="alignment",

@@ -63,7 +63,6 @@ from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec, Weights
 from agiqa_bench.records import Item
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="niqe",
     family="handcrafted",

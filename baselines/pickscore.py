@@ -62,7 +62,6 @@ from baselines.alignment import (
 )
 from agiqa_bench.method import MethodSpec, Weights
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="pickscore",
     family="alignment",

@@ -28,7 +28,6 @@ from agiqa_bench.method import MethodSpec, Weights
 if TYPE_CHECKING:
     from torch import nn
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="resnet50",
     family="deep",

@@ -147,7 +147,6 @@ from agiqa_bench.records import Item
 from baselines import cpbd as cpbd_mod
 from baselines.cpbd import rgb2gray_uint8
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="sisblim.approx",
     family="handcrafted",

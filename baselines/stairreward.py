@@ -51,7 +51,6 @@ from agiqa_bench.records import Item
 from baselines.imagereward import ImageReward
 from agiqa_bench.method import MethodSpec, Weights
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="stairreward.approx",
     family="alignment",

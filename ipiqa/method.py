@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.clip import clip_weights
+from agiqa_bench.method import MethodSpec
 from agiqa_bench.records import Item
 from agiqa_bench.training import TorchRegressor, TrainConfig, fit_regressor
 
@@ -33,7 +34,6 @@ IPIQA_SYNTHETIC = {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "
 IPIQA_SMOKE = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64, "epochs": 1, "batch_size": 8,
                "selection": "last"}
 
-#: This method's registry entry (registered through the `agiqa_bench.methods` entry points).
 SPEC = MethodSpec(
     name="ipiqa",
     family="ours",
@@ -52,9 +52,7 @@ SPEC = MethodSpec(
         # the public code's text handling (whole token table + positional embedding + projection train)
         "reference": {"text_mode": "reference"},
     },
-    weights=(Weights("CLIP RN50 (openai)", "pretrained",
-                     "downloaded by open_clip on first use; offline, pass a local RN50.pt with --set ipiqa.pretrained=PATH",
-                     check="agiqa_bench.clip:check_weights"),),
+    weights=(clip_weights("CLIP RN50 (openai)", "ipiqa", "RN50.pt"),),
     reference="Qu, Li, Gao, ICME 2024 (arXiv 2403.18714); code Coobiw/IP-IQA",
     dataset_defaults={"synthetic": IPIQA_SYNTHETIC},
     ablation_components="ipiqa.method:ablation_components",
@@ -201,7 +199,11 @@ def load_checkpoint(path: str | Path):
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain containers only: a pickle that carries code is refused, never run
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"{path} is not a readable IP-IQA checkpoint (only tensors and plain values are loaded, "
+                          f"never pickled objects): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != "agiqa-bench/ipiqa@1":
         raise ConfigError(f"{path} is not an IP-IQA checkpoint written by agiqa-bench (run with --keep-checkpoints)")
     config = IPIQAConfig(**{**payload["config"], "pretrained": "", "image2prompt": ""})  # weights come from the file

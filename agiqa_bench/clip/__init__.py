@@ -99,6 +99,14 @@ def check_weights(params: dict, thorough: bool = False) -> bool | None:
     return weights_available(model, pretrained)
 
 
+def clip_weights(what: str, method: str, local_file: str, param: str = "pretrained"):
+    """The spec entry (`MethodSpec.weights`) of a method's open_clip weights, checked by `check_weights`."""
+    from agiqa_bench.method import Weights
+
+    return Weights(what, param, f"downloaded by open_clip on first use; offline, pass a local {local_file} with "
+                                f"--set {method}.{param}=PATH", check="agiqa_bench.clip:check_weights")
+
+
 def clip_weights_problem(model: str, pretrained: str | None, method: str, param: str = "pretrained") -> str | None:
     """Why open_clip weights (`model`, `pretrained`) cannot be loaded here; None if they can be (or downloaded).
 
