@@ -57,8 +57,6 @@ def test_ablate_on_synthetic_makes_table3(tmp_path):
 
 def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
     """`agiqa-bench score` loads checkpoints with weights_only=True: a pickle that would run code is refused."""
-    import pickle
-
     import pytest
 
     from agiqa_bench.errors import ConfigError
@@ -73,7 +71,7 @@ def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
     bad = tmp_path / "evil.pt"
     import torch
 
-    torch.save({"format": "agiqa-bench/ipiqa@1", "config": Payload()}, bad, pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    torch.save({"format": "agiqa-bench/ipiqa@1", "config": Payload()}, bad, pickle_protocol=2)
     assert not marker.exists()
     with pytest.raises(ConfigError, match=r"evil\.pt is not a readable IP-IQA checkpoint.*never pickled objects"):
         load_checkpoint(bad)
