@@ -38,7 +38,8 @@ def _split_list(values: Optional[List[str]]) -> list[str]:
     return out
 
 
-def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_missing: bool) -> dict:
+def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_missing: bool,
+                     allow_outside_root: bool = False) -> dict:
     options: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -49,6 +50,8 @@ def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_mi
         options["images"] = images
     if drop_missing:
         options["drop_missing"] = True
+    if allow_outside_root:
+        options["allow_outside_root"] = True
     return options
 
 
@@ -77,6 +80,7 @@ def run(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images (or set AGIQA_BENCH_DATA)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
     drop_missing: bool = typer.Option(False, "--drop-missing", help="Benchmark without items whose image is missing (listed in a warning)."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
@@ -93,7 +97,7 @@ def run(
     from agiqa_bench.runner import parse_overrides
 
     _plan_and_execute(
-        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing),
+        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing, allow_outside_root),
         _split_list(target) or None, repeats, split_protocol, seed, val_fraction, out,
         parse_overrides(set_ or []), device, force, keep_checkpoints,
     )
@@ -130,6 +134,7 @@ def ablate(
     image2prompt: Optional[Path] = typer.Option(None, "--image2prompt", help="Image2Prompt checkpoint (adds the Image2Prompt rows)."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped or ipiqa-reference."),
@@ -152,7 +157,7 @@ def ablate(
     else:
         err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
                           "(make one with `agiqa-bench pretrain image2prompt`).")
-    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, False), None,
+    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, False, allow_outside_root), None,
                       repeats, split_protocol, seed, 0.1, out, overrides, device, force, False)
 
 

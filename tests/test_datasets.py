@@ -163,3 +163,25 @@ def test_csv_dataset_maps_columns(tmp_path):
     assert ds.items[2].targets == {"quality": 1.0, "alignment": 4.0}
     with pytest.raises(DataError, match="no column 'nope'"):
         load_dataset("csv", root, label="scores.csv", image_col="file", group_col="nope", targets="quality=q")
+
+
+def test_rows_naming_images_outside_the_image_folder_are_refused(tmp_path):
+    """`../x.png` and absolute paths in a label file are not read unless --allow-outside-root."""
+    import pandas as pd
+
+    from agiqa_test_support import blurred_shapes, write_image
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    write_image(root / "images" / "a.png", blurred_shapes(32, 0, 1))
+    write_image(root / "images" / "b.png", blurred_shapes(32, 1, 2))
+    secret = write_image(tmp_path / "outside.png", blurred_shapes(32, 2, 3))
+    for hostile in ("../../outside.png", str(secret)):
+        pd.DataFrame({"image": ["a.png", "b.png", hostile], "mos": [1.0, 2.0, 3.0]}).to_csv(root / "labels.csv",
+                                                                                           index=False)
+        opts = {"label": "labels.csv", "image_col": "image", "targets": "quality=mos", "images": root / "images"}
+        with pytest.raises(DataError, match=r"labels\.csv: 1 row\(s\) name an image outside the image folder.*"
+                                            r"outside\.png.*--allow-outside-root"):
+            load_dataset("csv", root, **opts)
+        ds = load_dataset("csv", root, **opts, allow_outside_root=True)
+        assert len(ds.items) == 3 and ds.items[2].image.resolve() == secret.resolve()

@@ -193,6 +193,18 @@ def dedupe(items: list[Item], label_file: Path, policy: str) -> tuple[list[Item]
     return out, notes
 
 
+def refuse_outside(items: list[Item], label_file: Path, image_dir: Path) -> None:
+    """DataError when an item's image path leaves `image_dir` (compared after normalising `..`)."""
+    root = os.path.abspath(image_dir)
+    outside = [item for item in items
+               if os.path.commonpath([root, os.path.abspath(item.image)]) != root]
+    if outside:
+        shown = "; ".join(f"{it.id!r} -> {os.path.abspath(it.image)}" for it in outside[:3])
+        more = f" (and {len(outside) - 3} more)" if len(outside) > 3 else ""
+        raise DataError(f"{label_file}: {len(outside)} row(s) name an image outside the image folder {image_dir}: "
+                        f"{shown}{more}. Pass --allow-outside-root to read them anyway")
+
+
 def finish(
     name: str,
     items: list[Item],
@@ -203,9 +215,16 @@ def finish(
     *,
     check_images: bool,
     drop_missing: bool,
+    allow_outside_root: bool = False,
 ) -> Dataset:
-    """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset."""
+    """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset.
+
+    A row whose image resolves outside `image_dir` (`../x.png`, an absolute path) is refused, naming the
+    label file and the rows, unless `allow_outside_root`.
+    """
     items = [replace(item, image=image_dir / item.image) for item in items]
+    if not allow_outside_root:
+        refuse_outside(items, label_file, image_dir)
     label_groups = list(dict.fromkeys(item.group for item in items))
     items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing)
     return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,

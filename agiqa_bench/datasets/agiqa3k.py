@@ -75,6 +75,7 @@ def load(
     *,
     images: str | Path | None = None,
     drop_missing: bool = False,
+    allow_outside_root: bool = False,
     check_images: bool = True,
     duplicates: str = "first",
     name: str = "agiqa3k",
@@ -89,4 +90,5 @@ def load(
     items, notes = c.dedupe(rows, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id, images)
     return c.finish(name, items, targets, label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing)
+                    check_images=check_images, drop_missing=drop_missing,
+                    allow_outside_root=allow_outside_root)

@@ -44,6 +44,7 @@ def load(
     *,
     images: str | Path | None = None,
     drop_missing: bool = False,
+    allow_outside_root: bool = False,
     check_images: bool = True,
     duplicates: str = "first",
     label: str = "data.csv",
@@ -95,4 +96,5 @@ def load(
     items, notes = c.dedupe(items, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", ""], items[0].id, images)
     return c.finish("csv", items, tuple(columns), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing)
+                    check_images=check_images, drop_missing=drop_missing,
+                    allow_outside_root=allow_outside_root)
