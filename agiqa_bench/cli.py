@@ -6,8 +6,10 @@
     agiqa-bench splits export --dataset D --protocol P --output F
     agiqa-bench synth --out DIR                                 write a SynthAGIQA set
     agiqa-bench ablate --dataset D [--image2prompt CKPT]        IP-IQA's Table 3 variants
-    agiqa-bench score --checkpoint CKPT IMAGE... --prompt TEXT  score new images with a trained model
-    agiqa-bench pretrain image2prompt --diffusiondb DIR --out CKPT
+    agiqa-bench pretrain clip | niqe ...                        make weights for the offline methods
+
+Methods add their own commands through the `agiqa_bench.commands` entry points (IP-IQA: `score`,
+`pretrain image2prompt`; see `ipiqa/commands.py`).
 """
 
 from __future__ import annotations
@@ -275,37 +277,6 @@ def compare(
 
 @app.command()
 @friendly
-def score(
-    images: Optional[List[Path]] = typer.Argument(None, help="Image files to score (with --prompt)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="An IP-IQA checkpoint saved by `run --keep-checkpoints`."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt that generated the images given as arguments."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="CSV with columns image,prompt (paths relative to the CSV)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this CSV."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-):
-    """Score new images with a trained model and print (or write) the predictions."""
-    from agiqa_bench.device import resolve_device
-    from ipiqa.score import read_pairs_csv, score_pairs
-
-    pairs = [(p, prompt or "") for p in images or []]
-    if csv is not None:
-        pairs += read_pairs_csv(csv)
-    frame = score_pairs(checkpoint, pairs, resolve_device(device))
-    if output is not None:
-        frame.to_csv(output, index=False)
-        err_console.print(f"{len(frame)} prediction(s) written to {output}")
-    table = Table(title=f"predictions of {checkpoint.name}")
-    for col in frame.columns:
-        table.add_column(col, justify="right" if col not in ("image", "prompt") else "left")
-    for row in frame.itertuples(index=False):
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
-        cells[0] = Path(cells[0]).name  # the full path is in --output
-        table.add_row(*cells)
-    console.print(table)
-
-
-@app.command()
-@friendly
 def methods(
     pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'."),
     details: bool = typer.Option(False, "--details", help="Every method's summary, reference, weights and where to get them."),
@@ -458,6 +429,26 @@ def synth_corpus(
 
     path = write_corpus(out, size=size, seed=seed, zip_parts=zip_parts)
     console.print(f"caption corpus of {size} pairs written to {path}")
+
+
+def mount_plugin_commands() -> None:
+    """Commands that packages add through the `agiqa_bench.commands` entry point group (IP-IQA's among them).
+
+    Each entry point names a function `register(app, groups)`; `groups` holds the sub-command groups
+    ("pretrain").  A plugin that fails to load is reported on one line and left out.
+    """
+    from importlib.metadata import entry_points
+
+    groups = {"pretrain": pretrain_app}
+    for entry in sorted(entry_points(group="agiqa_bench.commands"), key=lambda e: e.name):
+        try:
+            entry.load()(app, groups)
+        except Exception as exc:  # a third-party plugin must not take the whole CLI down
+            err_console.print(f"[yellow]warning:[/] commands of {entry.name} ({entry.value}) not loaded: "
+                              f"{type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+
+
+mount_plugin_commands()
 
 
 def main() -> None:

@@ -107,3 +107,25 @@ def test_synth_command_then_run_on_that_folder(tmp_path):
     result = invoke("run", "--methods", "cpbd", "--dataset", "synthetic", "--data-root", tmp_path / "nothing",
                     "--out", tmp_path / "runs")
     assert result.exit_code == 2 and "agiqa-bench synth" in result.output.replace("\n", " ")
+
+
+def test_plugin_commands_are_mounted_and_a_broken_one_is_reported(monkeypatch, capsys):
+    """Commands come from the `agiqa_bench.commands` entry points: IP-IQA's are there, a broken plugin is one warning."""
+    import importlib.metadata as md
+
+    import typer
+
+    from agiqa_bench import cli
+
+    owner = {c.name or c.callback.__name__: c.callback.__module__ for c in app.registered_commands}
+    assert owner["score"] == "ipiqa.commands" and owner["run"] == "agiqa_bench.cli"
+    assert "image2prompt" in {c.name for c in cli.pretrain_app.registered_commands}
+
+    broken = md.EntryPoint(name="broken", value="no_such_module_xyz:register", group="agiqa_bench.commands")
+    monkeypatch.setattr(md, "entry_points", lambda group: [broken])
+    fresh = typer.Typer()
+    monkeypatch.setattr(cli, "app", fresh)
+    cli.mount_plugin_commands()
+    assert fresh.registered_commands == []
+    err = capsys.readouterr().err
+    assert "commands of broken (no_such_module_xyz:register) not loaded" in err and "ModuleNotFoundError" in err

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from agiqa_bench.cli_pretrain import pretrain_app
+from agiqa_bench.cli import app
 from agiqa_bench.errors import DataError
 from ipiqa import image2prompt as i2p
 from agiqa_bench.clip import load_clip, tokenizer_for
@@ -329,16 +329,16 @@ def test_resume_refuses_other_settings_and_a_finished_run_is_not_redone_silently
 def test_cli_image2prompt_end_to_end(corpus, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.pt"
-    args = ["image2prompt", "--diffusiondb", str(corpus), "--out", str(out), "--clip-model", "agiqa-tiny-rn",
+    args = ["pretrain", "image2prompt", "--diffusiondb", str(corpus), "--out", str(out), "--clip-model", "agiqa-tiny-rn",
             "--pretrained", "", "--threshold", "-1", "--batch-size", "6", "--lr", "1e-3", "--device", "cpu",
             "--workers", "2"]
-    result = runner.invoke(pretrain_app, args)
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "18 / 18" in result.output and "mean cosine before / after" in result.output
     assert torch.load(out, map_location="cpu", weights_only=True)["clip_model"] == "agiqa-tiny-rn"
 
-    again = runner.invoke(pretrain_app, args)
+    again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--overwrite" in again.output and "Traceback" not in again.output
     (tmp_path / "empty").mkdir()
-    empty = runner.invoke(pretrain_app, ["image2prompt", "--diffusiondb", str(tmp_path / "empty"), "--out", str(out)])
+    empty = runner.invoke(app, ["pretrain", "image2prompt", "--diffusiondb", str(tmp_path / "empty"), "--out", str(out)])
     assert empty.exit_code == 2 and "no DiffusionDB part" in empty.output
