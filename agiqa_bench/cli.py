@@ -40,8 +40,9 @@ def _split_list(values: Optional[List[str]]) -> list[str]:
     return out
 
 
-def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_missing: bool,
-                     allow_outside_root: bool = False) -> dict:
+def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], *, drop_missing: bool = False,
+                     allow_outside_root: bool = False, drop_bad_images: bool = False,
+                     max_pixels: Optional[int] = None) -> dict:
     options: dict = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -54,7 +55,21 @@ def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], drop_mi
         options["drop_missing"] = True
     if allow_outside_root:
         options["allow_outside_root"] = True
+    if drop_bad_images:
+        options["drop_bad_images"] = True
+    if max_pixels is not None:  # an environment variable, so that worker processes read with the same cap
+        import os
+
+        from agiqa_bench.images import MAX_PIXELS_ENV
+
+        if max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+        os.environ[MAX_PIXELS_ENV] = str(max_pixels)
     return options
+
+
+DROP_BAD_HELP = "Benchmark without items whose image cannot be decoded or is over the pixel cap (listed in a warning)."
+MAX_PIXELS_HELP = "Pixel cap of every image read (default 40000000; or set AGIQA_BENCH_MAX_PIXELS)."
 
 
 def _version(value: bool):
@@ -83,6 +98,8 @@ def run(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
     drop_missing: bool = typer.Option(False, "--drop-missing", help="Benchmark without items whose image is missing (listed in a warning)."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
+    drop_bad_images: bool = typer.Option(False, "--drop-bad-images", help=DROP_BAD_HELP),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
@@ -99,7 +116,8 @@ def run(
     from agiqa_bench.runner import parse_overrides
 
     _plan_and_execute(
-        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing, allow_outside_root),
+        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing=drop_missing, allow_outside_root=allow_outside_root,
+                         drop_bad_images=drop_bad_images, max_pixels=max_pixels),
         _split_list(target) or None, repeats, split_protocol, seed, val_fraction, out,
         parse_overrides(set_ or []), device, force, keep_checkpoints,
     )
@@ -137,6 +155,8 @@ def ablate(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images."),
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
+    drop_bad_images: bool = typer.Option(False, "--drop-bad-images", help=DROP_BAD_HELP),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped or ipiqa-reference."),
@@ -159,7 +179,8 @@ def ablate(
     else:
         err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
                           "(make one with `agiqa-bench pretrain image2prompt`).")
-    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, False, allow_outside_root), None,
+    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, allow_outside_root=allow_outside_root,
+                                                        drop_bad_images=drop_bad_images, max_pixels=max_pixels), None,
                       repeats, split_protocol, seed, 0.1, out, overrides, device, force, False)
 
 
@@ -380,7 +401,7 @@ def splits_export(
     from agiqa_bench.datasets import load_dataset
     from agiqa_bench.splits import make_splits
 
-    options = _dataset_options(dataset_opt, None, False)
+    options = _dataset_options(dataset_opt, None)
     options["check_images"] = False
     ds = load_dataset(dataset, data_root, **options)
     splits = make_splits(ds, protocol, repeats, seed, val_fraction)

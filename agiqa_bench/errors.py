@@ -30,6 +30,10 @@ class MissingImagesError(DataError):
         )
 
 
+class BadImagesError(DataError):
+    """Images that exist but cannot be decoded or exceed the pixel cap (all of them listed in one message)."""
+
+
 class ImageReadError(DataError):
     """An image file exists but cannot be decoded."""
 

@@ -66,7 +66,8 @@ def load_pairs(corpus: str | Path, image_size: int):
     """(uint8 tensor (N, 3, S, S), captions, metas) of every readable pair of `corpus`, in corpus order."""
     import torch
 
-    from ipiqa.image2prompt import SkipCounts, iter_diffusiondb, to_pixels
+    from agiqa_bench.datasets.diffusiondb import SkipCounts, iter_diffusiondb
+    from agiqa_bench.images import to_pixels
 
     skips = SkipCounts()
     captions: list[str] = []

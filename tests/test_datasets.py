@@ -141,12 +141,65 @@ def test_missing_column_is_named(tiny_agiqa3k):
         load_dataset("agiqa3k", tiny_agiqa3k)
 
 
-def test_corrupt_image_error_names_file(tiny_agiqa3k):
-    bad = tiny_agiqa3k / "images" / "genA_normal_000.png"
-    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
-    ds = load_dataset("agiqa3k", tiny_agiqa3k)
-    with pytest.raises(ImageReadError, match="genA_normal_000.png"):
-        load_rgb(ds.subset(["genA_normal_000.png"])[0].image)
+def test_bad_images_are_all_reported_up_front_or_dropped(tiny_agiqa3k, monkeypatch):
+    """A truncated file, a non-image and an image over the pixel cap: one error naming each, before any work."""
+    from agiqa_bench.errors import BadImagesError
+    from agiqa_bench.images import MAX_PIXELS_ENV
+
+    images = tiny_agiqa3k / "images"
+    names = sorted(p.name for p in images.glob("*.png"))
+    (images / names[0]).write_bytes((images / names[0]).read_bytes()[:40])  # truncated PNG
+    (images / names[1]).write_bytes(b"<html>not an image</html>")
+    with pytest.raises(BadImagesError) as info:
+        load_dataset("agiqa3k", tiny_agiqa3k)
+    text = str(info.value)
+    assert "2 image(s) listed in" in text and names[0] in text and names[1] in text and "--drop-bad-images" in text
+    assert "\n" not in text
+    with pytest.raises(ImageReadError, match=names[0]):  # a read that skipped the check still names the file
+        load_rgb(load_dataset("agiqa3k", tiny_agiqa3k, check_images=False).subset([names[0]])[0].image)
+
+    with pytest.warns(DataWarning, match=f"dropped 2 item.*{names[0]}"):
+        ds = load_dataset("agiqa3k", tiny_agiqa3k, drop_bad_images=True)
+    assert len(ds) == len(names) - 2 and names[0] not in {it.id for it in ds}
+
+    side = load_rgb(images / names[2]).shape[0]
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(side * side - 1))  # every image is now one pixel too large
+    with pytest.raises(BadImagesError, match=rf"\.png \({side}x{side} = .* over the cap of .*higher --max-pixels"):
+        load_dataset("agiqa3k", tiny_agiqa3k, drop_bad_images=False)
+    with pytest.raises(ImageReadError, match="over the cap"):
+        load_rgb(images / names[2])
+
+
+def test_image_modes_become_8_bit_rgb_without_clipping(tmp_path):
+    """16-bit grey is scaled (not clipped), transparency is composited on white, CMYK and palettes converted."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    rgb = load_rgb(tmp_path / "g16.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
+    assert rgb[..., 0].min() == 0 and rgb[..., 0].max() == 255  # the whole range, not clipped at 255 of 65535
+    np.testing.assert_array_equal(rgb[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 200  # hidden red under full transparency on the left half
+    rgba[:, 4:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = load_rgb(tmp_path / "a.png")
+    assert (out[:, :4] == 255).all() and (out[:, 4:] == (200, 0, 0)).all()
+    Image.fromarray(rgba[..., [0, 3]].copy(), "LA").save(tmp_path / "la.png")
+    assert (load_rgb(tmp_path / "la.png")[:, :4] == 255).all()
+
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=100)
+    red = load_rgb(tmp_path / "c.jpg").reshape(-1, 3).mean(axis=0)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    pal = Image.new("P", (8, 8), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.save(tmp_path / "p.png")
+    assert (load_rgb(tmp_path / "p.png") == (10, 200, 30)).all()
+    pal.save(tmp_path / "pt.png", transparency=1)  # the palette colour 1 is transparent
+    assert (load_rgb(tmp_path / "pt.png") == 255).all()
 
 
 def test_csv_dataset_maps_columns(tmp_path):

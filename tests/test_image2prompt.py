@@ -6,21 +6,20 @@ written in tmp_path; every CLIP is a random-initialised tiny one (no weights).
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from agiqa_bench.cli import app
 from agiqa_bench.errors import DataError
 from ipiqa import image2prompt as i2p
+from ipiqa import image2prompt_data
+from diffusiondb_support import make_corpus
+from agiqa_bench.datasets.diffusiondb import iter_diffusiondb
 from agiqa_bench.clip import load_clip, tokenizer_for
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
@@ -32,114 +31,9 @@ TINY = dict(clip_model="agiqa-tiny-rn", pretrained="", device="cpu", workers=0)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# -- tiny corpora ------------------------------------------------------------------------------
-def shape_image(k: int) -> np.ndarray:
-    colour, shape = list(COLOURS)[k % 4], SHAPES[k % 3]
-    img = np.full((64, 64, 3), 20 + 7 * (k % 5), dtype=np.uint8)
-    yy, xx = np.mgrid[:64, :64]
-    mask = {"square": (abs(xx - 32) < 16) & (abs(yy - 32) < 16),
-            "circle": (xx - 32) ** 2 + (yy - 32) ** 2 < 18 ** 2,
-            "stripe": abs(yy - 32) < 6}[shape]
-    img[mask] = COLOURS[colour]
-    return img
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def part_files(part: int) -> dict[str, bytes]:
-    """File name -> bytes of one part: PER_PART images and part-XXXXXX.json."""
-    files, table = {}, {}
-    for i in range(PER_PART):
-        k = (part - 1) * PER_PART + i
-        name = f"{(k * 2654435761) % 2**32:08x}-{i}.png"  # DiffusionDB-like names, not in creation order
-        files[name] = png(shape_image(k))
-        table[name] = {"p": f"a {list(COLOURS)[k % 4]} {SHAPES[k % 3]}", "se": k, "c": 7.0, "st": 50, "sa": "k_lms"}
-    files[f"part-{part:06d}.json"] = json.dumps(table).encode()
-    return files
-
-
-def write_part(root: Path, part: int, files: dict[str, bytes], as_zip: bool) -> None:
-    name = f"part-{part:06d}"
-    if as_zip:
-        with zipfile.ZipFile(root / f"{name}.zip", "w") as z:
-            for file, data in files.items():
-                z.writestr(file, data)
-    else:
-        (root / name).mkdir(parents=True)
-        for file, data in files.items():
-            (root / name / file).write_bytes(data)
-
-
-def make_corpus(root: Path, form: str = "folder") -> Path:
-    """PARTS parts of PER_PART pairs; form: folder, zip, or mix (part 2 zipped)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for part in range(1, PARTS + 1):
-        write_part(root, part, part_files(part), as_zip=form == "zip" or (form == "mix" and part == 2))
-    return root
-
-
-def pair_list(root: Path, skips=None) -> list[tuple]:
-    return [(p.part, p.file, p.prompt, p.meta, np.asarray(p.image).tobytes()) for p in i2p.iter_diffusiondb(root, skips=skips)]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("ddb") / "mix", "mix")
-
-
-# -- reader --------------------------------------------------------------------------------------
-def test_reader_yields_the_same_pairs_from_folders_zips_and_a_mix(tmp_path):
-    lists = {form: pair_list(make_corpus(tmp_path / form, form)) for form in ("folder", "zip", "mix")}
-    assert lists["folder"] == lists["zip"] == lists["mix"]
-    pairs = lists["folder"]
-    assert len(pairs) == PARTS * PER_PART
-    assert [p[:2] for p in pairs] == sorted(p[:2] for p in pairs)  # parts, then files, in sorted order
-    first = pairs[0]
-    table = json.loads(part_files(1)["part-000001.json"])
-    assert first[2] == table[first[1]]["p"]
-    assert first[3] == {"seed": table[first[1]]["se"], "cfg": 7.0, "steps": 50, "sampler": "k_lms"}
-    assert pair_list(tmp_path / "folder") == pairs  # deterministic
-    shutil.copy(tmp_path / "zip" / "part-000001.zip", tmp_path / "folder")  # a part as folder and zip: read once
-    assert pair_list(tmp_path / "folder") == pairs
-
-
-def test_reader_skips_and_counts_broken_entries_naming_the_files(tmp_path):
-    root = make_corpus(tmp_path / "c", "mix")
-    folder = root / "part-000001"
-    table = json.loads((folder / "part-000001.json").read_text())
-    table["ghost.png"] = {"p": "an image that is not there"}
-    table["broken.png"] = {"p": "a truncated file"}
-    (folder / "part-000001.json").write_text(json.dumps(table))
-    (folder / "orphan.png").write_bytes(png(shape_image(0)))
-    (folder / "broken.png").write_bytes(png(shape_image(1))[:40])
-    files = part_files(2)
-    files["bad.png"] = b"not an image at all"
-    files["part-000002.json"] = json.dumps({**json.loads(files["part-000002.json"]), "bad.png": {"p": "junk"}}).encode()
-    (root / "part-000002.zip").unlink()
-    write_part(root, 2, files, as_zip=True)
-
-    skips = i2p.SkipCounts()
-    with pytest.warns(UserWarning) as record:
-        pairs = pair_list(root, skips)
-    assert len(pairs) == PARTS * PER_PART
-    assert (skips.missing_image, skips.missing_prompt, skips.unreadable, skips.bad_parts) == (1, 1, 2, 0)
-    text = "\n".join(str(w.message) for w in record)
-    for name in ("ghost.png", "orphan.png", "broken.png", "part-000002.zip:bad.png"):
-        assert name in text
-    assert "Traceback" not in text
-    assert "1 json entries without image, 1 images without prompt, 2 unreadable images" in text
-
-
-def test_reader_without_parts_says_what_layout_it_expects(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("no parts here")
-    for root in (tmp_path / "empty", tmp_path / "absent"):
-        with pytest.raises(DataError, match=r"part-000001/.*part-000001\.json.*part-000001\.zip"):
-            list(i2p.iter_diffusiondb(root))
 
 
 # -- filter pass ---------------------------------------------------------------------------------
@@ -152,7 +46,7 @@ def independent_scores(root: Path) -> tuple[list[tuple[str, str]], np.ndarray, n
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1)
     keys, cosines, texts = [], [], []
     with torch.no_grad():
-        for pair in i2p.iter_diffusiondb(root):
+        for pair in iter_diffusiondb(root):
             x = (torch.from_numpy(np.array(pair.image)).permute(2, 0, 1).float() / 255 - mean) / std
             img = clip.encode_image(x[None])[0]
             txt = clip.encode_text(tokenizer([pair.prompt]))[0]
@@ -270,7 +164,7 @@ def test_resume_after_interruptions_gives_the_uninterrupted_weights(corpus, tmp_
     assert whole["steps"] == 2 * 5
 
     out, state = tmp_path / "cut.pt", tmp_path / "cut.pt.state.pt"
-    real_score, calls = i2p.score_pairs, []
+    real_score, calls = image2prompt_data.score_pairs, []
 
     def crash_in_second_part(*args, **kwargs):  # batch 4 over parts of 6: calls 1-2 are part 1
         calls.append(1)
@@ -278,11 +172,11 @@ def test_resume_after_interruptions_gives_the_uninterrupted_weights(corpus, tmp_
             raise RuntimeError("power cut in the filter pass")
         return real_score(*args, **kwargs)
 
-    monkeypatch.setattr(i2p, "score_pairs", crash_in_second_part)
+    monkeypatch.setattr(image2prompt_data, "score_pairs", crash_in_second_part)
     with pytest.raises(RuntimeError, match="power cut"):
         i2p.pretrain_image2prompt(corpus, out, **settings)
     assert torch.load(state, weights_only=True)["filter"]["parts_done"] == ["part-000001"]
-    monkeypatch.setattr(i2p, "score_pairs", real_score)
+    monkeypatch.setattr(image2prompt_data, "score_pairs", real_score)
 
     first = i2p.pretrain_image2prompt(corpus, out, **settings, stop_after_steps=3)
     assert first["resumed"] and not first["finished"] and first["steps"] == 3 and not out.exists()

@@ -27,7 +27,7 @@ from agiqa_bench.datasets.synthetic import (
 )
 from agiqa_bench.clip import load_clip, tokenizer_for
 from ipiqa.clip_pretrain import pretrain_clip, retrieval_accuracy
-from ipiqa.image2prompt import SkipCounts, iter_diffusiondb
+from agiqa_bench.datasets.diffusiondb import SkipCounts, iter_diffusiondb
 
 MODEL = "agiqa-tiny-rn"
 

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from agiqa_bench.errors import DataError, MissingImagesError
+from agiqa_bench.errors import BadImagesError, DataError, MissingImagesError
 from agiqa_bench.records import Dataset, Item
 
 #: Environment variable naming a folder that holds one sub-folder per dataset
@@ -138,8 +138,10 @@ def attach_images(
     *,
     check_images: bool,
     drop_missing: bool,
+    drop_bad_images: bool = False,
 ) -> tuple[list[Item], list[str]]:
-    """Check that every image exists; raise up front, or drop with a warning when asked."""
+    """Check that every image exists and decodes (`images.check_image`: header, pixel cap, a cheap decode);
+    raise up front listing every bad one, or drop them with a warning when asked."""
     notes: list[str] = []
     if not check_images:
         return items, notes
@@ -157,9 +159,37 @@ def attach_images(
         notes.append(msg)
         gone = set(missing)
         items = [item for item in items if item.id not in gone]
+    items, more = drop_unreadable(name, items, label_file, drop_bad_images)
+    notes += more
     if not items:
-        raise DataError(f"{name}: no item is left to benchmark (all images missing from {image_dir})")
+        raise DataError(f"{name}: no item is left to benchmark (all images missing or unreadable in {image_dir})")
     return items, notes
+
+
+def drop_unreadable(name: str, items: list[Item], label_file: Path, drop: bool) -> tuple[list[Item], list[str]]:
+    """Every image tested once, before any work: all bad ones reported together (or dropped, with `drop`)."""
+    from agiqa_bench.errors import ImageReadError
+    from agiqa_bench.images import check_image, max_pixels
+
+    cap = max_pixels()
+    bad: list[tuple[Item, str]] = []
+    for item in items:
+        try:
+            check_image(item.image, cap=cap)
+        except ImageReadError as exc:
+            bad.append((item, getattr(exc, "reason", str(exc))))
+    if not bad:
+        return items, []
+    shown = "; ".join(f"{item.id} ({why})" for item, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    capped = any("over the" in why and "cap" in why for _, why in bad)
+    hint = " A genuine large image needs a higher --max-pixels." if capped else ""
+    if not drop:
+        raise BadImagesError(f"{len(bad)} image(s) listed in {label_file} cannot be used: {shown}. Replace them, "
+                             f"or pass --drop-bad-images to benchmark without them (a warning lists what was dropped).{hint}")
+    msg = f"{name}: dropped {len(bad)} item(s) whose image cannot be used: {shown}"
+    warnings.warn(msg, DataWarning, stacklevel=4)
+    gone = {item.id for item, _ in bad}
+    return [item for item in items if item.id not in gone], [msg]
 
 
 def dedupe(items: list[Item], label_file: Path, policy: str) -> tuple[list[Item], list[str]]:
@@ -216,6 +246,7 @@ def finish(
     check_images: bool,
     drop_missing: bool,
     allow_outside_root: bool = False,
+    drop_bad_images: bool = False,
 ) -> Dataset:
     """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset.
 
@@ -226,6 +257,7 @@ def finish(
     if not allow_outside_root:
         refuse_outside(items, label_file, image_dir)
     label_groups = list(dict.fromkeys(item.group for item in items))
-    items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing)
+    items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing,
+                                drop_bad_images=drop_bad_images)
     return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,
                    notes=notes + more, label_groups=label_groups)

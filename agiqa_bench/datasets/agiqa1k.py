@@ -89,6 +89,7 @@ def load(
     *,
     images: str | Path | None = None,
     drop_missing: bool = False,
+    drop_bad_images: bool = False,
     allow_outside_root: bool = False,
     check_images: bool = True,
     duplicates: str = "last",
@@ -104,5 +105,5 @@ def load(
         if (image_dir / absent).exists():
             notes.append(f"{absent} is on disk but has no MOS in {LABEL_FILE}; it is not benchmarked")
     return c.finish("agiqa1k", items, ("overall",), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing,
+                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
                     allow_outside_root=allow_outside_root)

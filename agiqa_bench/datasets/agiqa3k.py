@@ -75,6 +75,7 @@ def load(
     *,
     images: str | Path | None = None,
     drop_missing: bool = False,
+    drop_bad_images: bool = False,
     allow_outside_root: bool = False,
     check_images: bool = True,
     duplicates: str = "first",
@@ -90,5 +91,5 @@ def load(
     items, notes = c.dedupe(rows, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id, images)
     return c.finish(name, items, targets, label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing,
+                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
                     allow_outside_root=allow_outside_root)

@@ -44,6 +44,7 @@ def load(
     *,
     images: str | Path | None = None,
     drop_missing: bool = False,
+    drop_bad_images: bool = False,
     allow_outside_root: bool = False,
     check_images: bool = True,
     duplicates: str = "first",
@@ -96,5 +97,5 @@ def load(
     items, notes = c.dedupe(items, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", ""], items[0].id, images)
     return c.finish("csv", items, tuple(columns), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing,
+                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
                     allow_outside_root=allow_outside_root)
