@@ -111,8 +111,9 @@ class MethodContext:
 class Method:
     """Base class.  Subclasses declare `params` (defaults) and implement `predict`."""
 
-    #: Hyperparameters and their defaults; `--set name.key=value` overrides them.
-    params: ClassVar[dict[str, Any]] = {}
+    #: Hyperparameters: a dataclass of `agiqa_bench.params.param(...)` fields (defaults, types, ranges; see
+    #: `agiqa_bench.params`), or a plain dict of defaults; `--set name.key=value` overrides them.
+    params: ClassVar[Any] = {}
     #: Parameters that change speed or memory only, never a score (e.g. an inference batch size):
     #: recorded with the results but left out of the configuration hash and of table labels, so
     #: changing them neither starts new rows nor splits a method's results.
@@ -166,34 +167,17 @@ class Method:
         raise NotImplementedError(f"{self.spec.name} has no test-oracle protocol")
 
 
-def coerce(value: Any, default: Any, where: str) -> Any:
-    """Convert a CLI string to the type of the parameter's default."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise ConfigError(f"{where}: cannot read {value!r} as {type(default).__name__}") from None
-    return value
+def resolve_params(name: str, params: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults updated with overrides, each converted to its declared type and checked against its range
+    (`agiqa_bench.params`); an unknown key is an error listing the valid ones."""
+    from agiqa_bench.params import declaration
 
-
-def resolve_params(name: str, defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Defaults updated with overrides; unknown keys are an error listing the valid ones."""
-    unknown = sorted(set(overrides) - set(defaults))
+    declared = declaration(params)
+    unknown = sorted(set(overrides) - set(declared))
     if unknown:
-        valid = ", ".join(sorted(defaults)) or "(none)"
+        valid = ", ".join(sorted(declared)) or "(none)"
         raise ConfigError(f"method {name!r} has no parameter {', '.join(unknown)}; its parameters are: {valid}")
-    out = dict(defaults)
+    out = {key: p.default for key, p in declared.items()}
     for key, value in overrides.items():
-        out[key] = coerce(value, defaults[key], f"{name}.{key}")
+        out[key] = declared[key].check(value, f"{name}.{key}")
     return out

@@ -77,7 +77,7 @@ def test_failing_method_is_isolated_and_retried(tiny_agiqa3k, tmp_path, monkeypa
 def test_overrides_are_validated_and_recorded(tiny_agiqa3k, tmp_path):
     with pytest.raises(ConfigError, match="has no parameter nope; its parameters are: C"):
         plan_run(["ceiq"], "agiqa3k", data_root=tiny_agiqa3k, overrides=parse_overrides(["ceiq.nope=1"]))
-    with pytest.raises(ConfigError, match="cannot read 'x' as float"):
+    with pytest.raises(ConfigError, match="ceiq.C: cannot read 'x' as a number"):
         plan_run(["ceiq"], "agiqa3k", data_root=tiny_agiqa3k, overrides=parse_overrides(["ceiq.C=x"]))
     with pytest.raises(ConfigError, match="method.param=value"):
         parse_overrides(["C=10"])
