@@ -22,8 +22,8 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from agiqa_bench.datasets import synthetic as synth
-from agiqa_bench.datasets.synthetic import (
+from agiqa_bench.synthetic import dataset as synth
+from agiqa_bench.synthetic.dataset import (
     ALIGNMENT_ERRORS,
     BACKGROUND_COLOURS,
     OBJECT_COLOURS,

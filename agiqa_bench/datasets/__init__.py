@@ -58,7 +58,8 @@ SYNTH_OPTIONS = ("n_prompts", "image_size", "seed")
 
 def _load_synthetic(data_root=None, **options) -> Dataset:
     """A SynthAGIQA folder made by `agiqa-bench synth`, or the cached default one."""
-    from agiqa_bench.datasets import agiqa3k, synthetic
+    from agiqa_bench.datasets import agiqa3k
+    from agiqa_bench.synthetic import dataset as synthetic
 
     gen = {k: options.pop(k) for k in SYNTH_OPTIONS if k in options}
     if data_root is None:
