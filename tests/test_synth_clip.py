@@ -17,14 +17,8 @@ from typer.testing import CliRunner
 
 from agiqa_bench.cli_pretrain import pretrain_app
 from agiqa_bench.synthetic import corpus as sc
-from agiqa_bench.synthetic.dataset import (
-    BACKGROUND_COLOURS,
-    OBJECT_COLOURS,
-    PromptSpec,
-    SynthConfig,
-    plan_dataset,
-    render_plan,
-)
+from agiqa_bench.synthetic.dataset import SynthConfig, plan_dataset, render_plan
+from agiqa_bench.synthetic.world import BACKGROUND_COLOURS, OBJECT_COLOURS, PromptSpec
 from agiqa_bench.clip import load_clip, tokenizer_for
 from agiqa_bench.synthetic.clip_pretrain import pretrain_clip, retrieval_accuracy
 from ipiqa.image2prompt import SkipCounts, iter_diffusiondb

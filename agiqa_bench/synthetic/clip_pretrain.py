@@ -175,7 +175,7 @@ def mismatch_accuracy(model, images_u8, specs: list[dict | None], tokenizer) -> 
     """
     import torch
 
-    from agiqa_bench.synthetic.dataset import (
+    from agiqa_bench.synthetic.world import (
         BACKGROUND_COLOURS,
         SHAPES,
         STYLES,

@@ -61,15 +61,14 @@ import numpy as np
 from PIL import Image
 
 from agiqa_bench.datasets._common import swap_in_folder
-from agiqa_bench.synthetic.dataset import (
+from agiqa_bench.synthetic.render import apply_defects, render_clean
+from agiqa_bench.synthetic.world import (
     BACKGROUND_COLOURS,
     QUALITY_DEFECTS,
     SHAPES,
     STYLES,
     PromptSpec,
-    apply_defects,
     colours_on,
-    render_clean,
 )
 
 CORPUS_FORMAT = "agiqa-bench/synth-corpus@1"
