@@ -428,7 +428,7 @@ def synth(
         return
     if out is None:
         raise ConfigError("give --out DIR (or use `agiqa-bench synth corpus --out DIR` for a caption corpus)")
-    from agiqa_bench.datasets import synthetic
+    from agiqa_bench.synthetic import dataset as synthetic
 
     config = synthetic.default_config()
     changes = {k: v for k, v in (("n_prompts", n_prompts), ("seed", seed), ("image_size", image_size)) if v is not None}
@@ -446,7 +446,7 @@ def synth_corpus(
     zip_parts: bool = typer.Option(False, "--zip", help="Write each part as part-XXXXXX.zip instead of a folder."),
 ):
     """A caption corpus from SynthAGIQA's grammar, in DiffusionDB's layout, for `pretrain clip` / `pretrain image2prompt`."""
-    from agiqa_bench.datasets.synth_corpus import write_corpus
+    from agiqa_bench.synthetic.corpus import write_corpus
 
     path = write_corpus(out, size=size, seed=seed, zip_parts=zip_parts)
     console.print(f"caption corpus of {size} pairs written to {path}")

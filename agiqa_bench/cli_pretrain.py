@@ -44,7 +44,7 @@ def clip(
 
     Writes CKPT (fp16 state dict, loads with load_clip(model, CKPT)) and CKPT.json (settings, held-out retrieval).
     """
-    from ipiqa.clip_pretrain import pretrain_clip
+    from agiqa_bench.synthetic.clip_pretrain import pretrain_clip
 
     if threads:
         import torch
@@ -112,7 +112,7 @@ def niqe(
             raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images}")
         source, stream = f"{len(files)} images under {images}", (load_rgb(p) for p in files)
     else:
-        from agiqa_bench.datasets.synth_corpus import image_seed, render_entry
+        from agiqa_bench.synthetic.corpus import image_seed, render_entry
 
         source = f"{synthetic} clean SynthAGIQA-world renders, {image_size} px, seed {seed}"
         stream = (render_entry(image_seed(seed, k), image_size, defect_fraction=0.0, empty_fraction=0.0)[3]

@@ -36,7 +36,7 @@ OVERRIDES = {"niqe": {"params": "agiqa-synth", "block_size": 32}}
 
 
 def _items(folder: Path, size: int, n: int):
-    from agiqa_bench.datasets.synth_corpus import image_seed, render_entry
+    from agiqa_bench.synthetic.corpus import image_seed, render_entry
     from agiqa_bench.records import Item
     from PIL import Image
 

@@ -16,17 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from agiqa_bench.cli_pretrain import pretrain_app
-from agiqa_bench.datasets import synth_corpus as sc
-from agiqa_bench.datasets.synthetic import (
-    BACKGROUND_COLOURS,
-    OBJECT_COLOURS,
-    PromptSpec,
-    SynthConfig,
-    plan_dataset,
-    render_plan,
-)
+from agiqa_bench.synthetic import corpus as sc
+from agiqa_bench.synthetic.dataset import SynthConfig, plan_dataset, render_plan
+from agiqa_bench.synthetic.world import BACKGROUND_COLOURS, OBJECT_COLOURS, PromptSpec
 from agiqa_bench.clip import load_clip, tokenizer_for
-from ipiqa.clip_pretrain import pretrain_clip, retrieval_accuracy
+from agiqa_bench.synthetic.clip_pretrain import pretrain_clip, retrieval_accuracy
 from agiqa_bench.datasets.diffusiondb import SkipCounts, iter_diffusiondb
 
 MODEL = "agiqa-tiny-rn"
@@ -204,7 +198,7 @@ def test_pretrain_clip_learns_and_writes_a_loadable_checkpoint(trained, tiny_cor
     assert next(clip.parameters()).dtype == torch.float32
     assert torch.equal(clip.state_dict()["token_embedding.weight"], state["token_embedding.weight"].float())
     # the loaded model reproduces the reported held-out retrieval
-    from ipiqa.clip_pretrain import load_pairs
+    from agiqa_bench.synthetic.clip_pretrain import load_pairs
 
     images, captions, _, _ = load_pairs(tiny_corpus, 64)
     again = retrieval_accuracy(clip, images[200:], tokenizer_for(MODEL)(captions[200:]))
@@ -245,7 +239,7 @@ def test_shipped_checkpoint_is_the_recorded_one_and_retrieves_unseen_pairs(tmp_p
     import hashlib
 
     from agiqa_bench.clip import WEIGHTS_DIR
-    from ipiqa.clip_pretrain import load_pairs
+    from agiqa_bench.synthetic.clip_pretrain import load_pairs
 
     ckpt = WEIGHTS_DIR / "agiqa-tiny-rn-synth.pt"
     report = json.loads(ckpt.with_suffix(".json").read_text())

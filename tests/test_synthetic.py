@@ -22,12 +22,8 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold
 
-from agiqa_bench.datasets import synthetic as synth
-from agiqa_bench.datasets.synthetic import (
-    ALIGNMENT_ERRORS,
-    BACKGROUND_COLOURS,
-    OBJECT_COLOURS,
-    QUALITY_DEFECTS,
+from agiqa_bench.synthetic import dataset as synth
+from agiqa_bench.synthetic.dataset import (
     SynthConfig,
     ensure_synthetic,
     is_complete,
@@ -36,6 +32,7 @@ from agiqa_bench.datasets.synthetic import (
     render_plan,
     write_synthetic,
 )
+from agiqa_bench.synthetic.world import ALIGNMENT_ERRORS, BACKGROUND_COLOURS, OBJECT_COLOURS, QUALITY_DEFECTS
 
 SMALL = SynthConfig(n_prompts=8, image_size=48)
 STUDY = SynthConfig(n_prompts=80, image_size=48)

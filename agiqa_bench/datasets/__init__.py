@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from agiqa_bench.errors import ConfigError, DataError
+from agiqa_bench.errors import ConfigError
 from agiqa_bench.records import Dataset
 
 CACHE_ENV = "AGIQA_BENCH_CACHE"
@@ -53,25 +53,11 @@ def _load_csv(data_root=None, **options) -> Dataset:
     return tabular.load(data_root, **options)
 
 
-SYNTH_OPTIONS = ("n_prompts", "image_size", "seed")
-
-
 def _load_synthetic(data_root=None, **options) -> Dataset:
     """A SynthAGIQA folder made by `agiqa-bench synth`, or the cached default one."""
-    from agiqa_bench.datasets import agiqa3k, synthetic
+    from agiqa_bench.synthetic import dataset
 
-    gen = {k: options.pop(k) for k in SYNTH_OPTIONS if k in options}
-    if data_root is None:
-        config = synthetic.default_config()
-        if gen:
-            config = synthetic.SynthConfig(**{**config.__dict__, **{k: int(v) for k, v in gen.items()}})
-        data_root = synthetic.ensure_synthetic(cache_root() / "synthetic", config)
-    elif gen:
-        raise ConfigError(f"synthetic: {', '.join(gen)} only apply to the built-in set; "
-                          "a folder given with --data-root is used as it is")
-    elif not (Path(data_root) / "data.csv").exists():
-        raise DataError(f"no SynthAGIQA set at {data_root} (data.csv missing); make one with `agiqa-bench synth --out {data_root}`")
-    return agiqa3k.load(data_root, name="synthetic", **options)
+    return dataset.load(data_root, **options)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -110,7 +96,8 @@ def load_dataset(name: str, data_root: str | Path | None = None, **options: Any)
     """Load a dataset by name.
 
     Options common to all: images (folder), drop_missing, check_images,
-    duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules).
+    duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules:
+    `agiqa_bench.datasets.tabular`, `agiqa_bench.synthetic.dataset`).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

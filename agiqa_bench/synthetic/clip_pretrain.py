@@ -2,7 +2,7 @@
 
 Offline, CLIP-based methods only have random weights.  `pretrain_clip` trains
 a small open_clip model from scratch on a corpus in DiffusionDB's layout (in
-practice the SynthAGIQA caption corpus of `agiqa_bench.datasets.synth_corpus`),
+practice the SynthAGIQA caption corpus of `agiqa_bench.synthetic.corpus`),
 so that its text encoder knows the words of SynthAGIQA's prompts and its image
 encoder sees what they describe.  IP-IQA's prompt stream can then notice when
 an image does not show its prompt.
@@ -176,7 +176,7 @@ def mismatch_accuracy(model, images_u8, specs: list[dict | None], tokenizer) -> 
     """
     import torch
 
-    from agiqa_bench.datasets.synthetic import (
+    from agiqa_bench.synthetic.world import (
         BACKGROUND_COLOURS,
         SHAPES,
         STYLES,

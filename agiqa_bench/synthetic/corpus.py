@@ -3,7 +3,7 @@
 Offline, CLIP-based methods only have random weights.  This corpus lets a small
 CLIP be really pretrained on the world SynthAGIQA draws from, so that its text
 encoder knows colours, shapes, counts, backgrounds and styles and its image
-encoder sees them (`ipiqa.clip_pretrain.pretrain_clip` trains on it).
+encoder sees them (`agiqa_bench.synthetic.clip_pretrain.pretrain_clip` trains on it).
 
 Content
 -------
@@ -61,15 +61,14 @@ import numpy as np
 from PIL import Image
 
 from agiqa_bench.datasets._common import swap_in_folder
-from agiqa_bench.datasets.synthetic import (
+from agiqa_bench.synthetic.render import apply_defects, render_clean
+from agiqa_bench.synthetic.world import (
     BACKGROUND_COLOURS,
     QUALITY_DEFECTS,
     SHAPES,
     STYLES,
     PromptSpec,
-    apply_defects,
     colours_on,
-    render_clean,
 )
 
 CORPUS_FORMAT = "agiqa-bench/synth-corpus@1"
