@@ -103,6 +103,7 @@ def run(
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
     repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    allow_many_repeats: bool = typer.Option(False, "--allow-many-repeats", help="Allow more than 1000 repeats."),
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups), ipiqa-reference (the IP-IQA code's folds) or all-images (zero-shot methods on every image, no split: the AGIQA-3k paper's protocol for alignment metrics)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
@@ -115,22 +116,22 @@ def run(
     """Benchmark methods on identical grouped splits and store every result."""
     from agiqa_bench.runner import parse_overrides
 
+    options = _dataset_options(dataset_opt, images, drop_missing=drop_missing, allow_outside_root=allow_outside_root,
+                               drop_bad_images=drop_bad_images, max_pixels=max_pixels)
     _plan_and_execute(
-        _split_list(methods) or None, dataset, data_root, _dataset_options(dataset_opt, images, drop_missing=drop_missing, allow_outside_root=allow_outside_root,
-                         drop_bad_images=drop_bad_images, max_pixels=max_pixels),
-        _split_list(target) or None, repeats, split_protocol, seed, val_fraction, out,
-        parse_overrides(set_ or []), device, force, keep_checkpoints,
+        _split_list(methods) or None, dataset=dataset, data_root=data_root, dataset_options=options,
+        targets=_split_list(target) or None, repeats=repeats, allow_many_repeats=allow_many_repeats,
+        split_protocol=split_protocol, seed=seed, val_fraction=val_fraction, overrides=parse_overrides(set_ or []),
+        out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
     )
 
 
-def _plan_and_execute(methods, dataset, data_root, dataset_options, targets, repeats, split_protocol, seed,
-                      val_fraction, out, overrides, device, force, keep_checkpoints):
-    """Shared body of `run` and `ablate`: plan, run with progress bars, summarise, exit 1 on failures."""
+def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_checkpoints: bool, **planning):
+    """Shared body of `run` and `ablate`: plan (`plan_run` takes `planning`), run with progress bars,
+    summarise, exit 1 on failures."""
     from agiqa_bench.runner import execute, plan_run
 
-    plan = plan_run(methods, dataset, data_root=data_root, dataset_options=dataset_options, targets=targets,
-                    repeats=repeats, split_protocol=split_protocol, seed=seed, val_fraction=val_fraction,
-                    overrides=overrides)
+    plan = plan_run(methods, **planning)
     console.print(
         f"[bold]{plan.dataset.name}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
         f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
@@ -138,6 +139,11 @@ def _plan_and_execute(methods, dataset, data_root, dataset_options, targets, rep
     )
     summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints)
     _print_summary(out, plan)
+    if summary.warnings:
+        err_console.print(f"[yellow]{len(summary.warnings)} distinct warning(s)[/] raised by the methods during the run "
+                          "(also in the report's Warnings section):", highlight=False)
+        for (method, message), n in sorted(summary.warnings.items())[:10]:
+            err_console.print(f"  {method} ({n} row(s)): {message}", highlight=False, soft_wrap=True)
     if summary.failed:
         err_console.print(f"[bold red]{len(summary.failed)} (method, target, repeat) key(s) failed[/]; "
                           f"see the Failures section of `agiqa-bench report --out {out}`.")
@@ -179,9 +185,11 @@ def ablate(
     else:
         err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
                           "(make one with `agiqa-bench pretrain image2prompt`).")
-    _plan_and_execute(list(variants), dataset, data_root, _dataset_options(dataset_opt, images, allow_outside_root=allow_outside_root,
-                                                        drop_bad_images=drop_bad_images, max_pixels=max_pixels), None,
-                      repeats, split_protocol, seed, 0.1, out, overrides, device, force, False)
+    options = _dataset_options(dataset_opt, images, allow_outside_root=allow_outside_root,
+                               drop_bad_images=drop_bad_images, max_pixels=max_pixels)
+    _plan_and_execute(list(variants), dataset=dataset, data_root=data_root, dataset_options=options, repeats=repeats,
+                      split_protocol=split_protocol, seed=seed, overrides=overrides, out=out, device=device,
+                      force=force, keep_checkpoints=False)
 
 
 def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False):
@@ -196,6 +204,7 @@ def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=F
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
+        finished = [0]
 
         def on_event(kind: str, payload: dict) -> None:
             name = payload["method"]
@@ -203,8 +212,16 @@ def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=F
                 tasks[name] = progress.add_task(f"{name:<18}", total=payload["repeats"] * payload["fits"])
             elif kind in ("done", "error"):
                 progress.advance(tasks[name])
+                finished[0] += kind == "done"
 
-        summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints, on_event=on_event)
+        try:
+            summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
+                              on_event=on_event)
+        except KeyboardInterrupt:
+            progress.stop()
+            err_console.print(f"interrupted; {finished[0]} job(s) finished in this run and kept in {out}/results.sqlite, "
+                              "rerun the same command to resume", highlight=False)
+            raise typer.Exit(130) from None
         for task in progress.tasks:
             progress.update(task.id, completed=task.total)
     if summary.skipped:
@@ -251,13 +268,18 @@ def report(
     if fmt not in suffixes:
         raise ConfigError(f"--format must be one of {', '.join(suffixes)}, not {fmt!r}")
     result = build_report(out, n_boot=bootstrap, seed=seed, alpha=alpha)
+    from agiqa_bench.outputs import atomic_write_text, output_error
+
     target = output or (out / f"leaderboard.{suffixes[fmt]}")
-    target.parent.mkdir(parents=True, exist_ok=True)
     if figures and fmt in ("markdown", "html"):
-        write_figures(result, target.parent / "figures")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_figures(result, target.parent / "figures")
+        except OSError as exc:
+            raise output_error(target.parent / "figures", "write the figures in", exc) from None
     text = {"markdown": lambda: result.to_markdown(target.parent), "html": result.to_html,
             "csv": result.to_csv, "json": result.to_json}[fmt]()
-    target.write_text(text + ("\n" if not text.endswith("\n") else ""))
+    atomic_write_text(target, text + ("\n" if not text.endswith("\n") else ""), what="write the report")
     if fmt == "markdown":
         print(text)
     err_console.print(f"written to {target}" + (f" ({len(result.figures)} figure(s) in {target.parent / 'figures'})"

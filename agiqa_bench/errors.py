@@ -38,6 +38,10 @@ class ImageReadError(DataError):
     """An image file exists but cannot be decoded."""
 
 
+class StoreError(AgiqaBenchError):
+    """The results store or another output file cannot be written (disk full, read-only folder) or read."""
+
+
 class ConfigError(AgiqaBenchError):
     """A bad option value: unknown method, parameter, split protocol, ..."""
 

@@ -77,9 +77,13 @@ def _opened(source, label: str, cap: int | None):
             img = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
         except FileNotFoundError:
             raise _error(f"image not found: {label}", "not found") from None
-        except Image.DecompressionBombError as exc:
-            raise _error(f"image {label} is over the pixel cap of {cap:,} ({exc}); {BOMB_HINT}",
-                         f"over the pixel cap of {cap:,}") from None
+        except Image.DecompressionBombError as exc:  # PIL's own check (at twice our cap) came first
+            import re
+
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{int(found.group(1)):,} pixels, " if found else ""
+            raise _error(f"image {label} is {size}over the cap of {cap:,} ({BOMB_HINT})",
+                         f"{size}over the cap of {cap:,}") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise _undecodable(label, exc) from None
     width, height = img.size

@@ -25,7 +25,7 @@ import numpy as np
 from agiqa_bench import __version__
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.device import resolve_device
-from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable
+from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable, StoreError
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
 from agiqa_bench.records import Dataset
@@ -168,6 +168,8 @@ class RunSummary:
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str, int, str]] = field(default_factory=list)  # (method, target, repeat, error)
+    #: (method, warning message) -> how many rows of this run raised it
+    warnings: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -186,16 +188,19 @@ def plan_run(
     seed: int | None = None,
     val_fraction: float = 0.1,
     overrides: dict[str, dict[str, Any]] | None = None,
+    allow_many_repeats: bool = False,
 ) -> Plan:
     """Load the dataset, resolve methods and targets, make the splits; raise on any misfit."""
+    if repeats < 1 or (repeats > MAX_REPEATS and not allow_many_repeats):
+        raise ConfigError(f"--repeats must be between 1 and {MAX_REPEATS} (papers use 10; each repeat is a split "
+                          f"and a training per method), got {repeats}; pass --allow-many-repeats to go beyond")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root, **(dataset_options or {}))
     names = [canonical_name(n) for n in (methods or default_methods())]
     names = list(dict.fromkeys(names))
     if not names:
         raise ConfigError("no method to run")
     overrides = overrides or {}
-    for key in overrides:
-        get_spec(key)  # unknown method in --set is an error
+    _check_override_targets(overrides, names)
     if targets:
         unknown = [t for t in targets if t not in ds.targets]
         if unknown:
@@ -217,6 +222,21 @@ def plan_run(
         resolved.append(resolve_method(name, spec, overrides_for(name, overrides), ds.name, tgts))
     splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
     return Plan(ds, splits, resolved, data_hash(ds))
+
+
+def _check_override_targets(overrides: dict[str, dict[str, Any]], names: Sequence[str]) -> None:
+    """Every `--set` names a known method that is in this run (a silently ignored override would mislead)."""
+    in_run = {(get_spec(n)[0].name, n) for n in names}
+    for key, values in overrides.items():
+        spec, variant = get_spec(key)  # an unknown method is an error listing the known ones
+        wanted = canonical_name(key)
+        if not any(base == spec.name and (variant is None or full == wanted) for base, full in in_run):
+            shown = ", ".join(f"{key}.{p}" for p in values)
+            raise ConfigError(f"--set {shown}: {wanted!r} is not among the methods of this run ({', '.join(names)}); "
+                              f"add it to --methods or drop the --set")
+
+
+MAX_REPEATS = 1000
 
 
 def resolve_method(name: str, spec: MethodSpec, overrides: dict, dataset: str, targets: tuple[str, ...]) -> MethodRun:
@@ -333,9 +353,12 @@ def execute(
                 rows = job_rows(job, plan, device=device, out=out, keep_checkpoints=keep_checkpoints)
                 store.write(rows)
                 summary.done += len(rows)
+                for row in rows:
+                    for message in row.info.get("warnings", []):
+                        summary.warnings[(name, message)] = summary.warnings.get((name, message), 0) + 1
                 emit("done", {"method": name, "repeat": job.split.repeat, "targets": job.targets,
                               "srcc": [r.metrics["srcc"] for r in rows]})
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, StoreError):  # the user stops, or the store cannot take rows: stop here
                 raise
             except Exception as exc:  # isolate: record and continue with the rest
                 message = str(exc) if isinstance(exc, AgiqaBenchError) else (

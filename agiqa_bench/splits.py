@@ -105,12 +105,9 @@ class SplitSet:
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
-        return path
+        from agiqa_bench.outputs import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1), what="write the splits file")
 
     @classmethod
     def load(cls, path: str | Path) -> "SplitSet":

@@ -21,6 +21,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from agiqa_bench.outputs import output_error
+
 DB_NAME = "results.sqlite"
 
 SCHEMA = """
@@ -108,18 +110,34 @@ def _finite(value) -> float | None:
 
 
 class ResultStore:
-    """Append-and-replace access to `<folder>/results.sqlite`."""
+    """Append-and-replace access to `<folder>/results.sqlite`.
 
-    def __init__(self, folder: str | Path):
+    `readonly=True` opens an existing store for reading only (works on a read-only folder or file);
+    any write or open failure is a `StoreError` naming the file, never a traceback.
+    """
+
+    def __init__(self, folder: str | Path, *, readonly: bool = False):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / DB_NAME
-        self._conn = sqlite3.connect(self.path, timeout=30)
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.executescript(SCHEMA)
-        self._migrate()
-        self._conn.commit()
+        self.readonly = readonly
+        try:
+            if readonly:
+                self._conn = _open_readonly(self.path)
+                self._columns = {t: {row[1] for row in self._conn.execute(f"PRAGMA table_info({t})")}
+                                 for t in ("results", "predictions")}
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=30)
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.executescript(SCHEMA)
+            self._migrate()
+            self._conn.commit()
+        except (sqlite3.Error, OSError) as exc:
+            raise output_error(self.path, "read the results store" if readonly else "open the results store for writing",
+                               exc) from None
+        self._columns = {t: {row[1] for row in self._conn.execute(f"PRAGMA table_info({t})")}
+                         for t in ("results", "predictions")}
 
     def _migrate(self) -> None:
         """Older stores get the newer columns (NULL): per-item groups and generators, the method's provenance."""
@@ -141,8 +159,15 @@ class ResultStore:
 
     # -- writing --------------------------------------------------------------------
     def write(self, rows: Iterable[ResultRow]) -> None:
-        """Store rows atomically: all or nothing.  An existing row with the same key is replaced."""
+        """Store rows atomically: all or nothing.  An existing row with the same key is replaced.
+        A failed write (disk full, read-only file) rolls back and raises `StoreError`."""
         rows = list(rows)
+        try:
+            self._write(rows)
+        except (sqlite3.Error, OSError) as exc:
+            raise output_error(self.path, "write the results store", exc) from None
+
+    def _write(self, rows: list[ResultRow]) -> None:
         with self._conn:  # one transaction
             for row in rows:
                 where = " AND ".join(f"{f} = ?" for f in KEY_FIELDS)
@@ -195,6 +220,8 @@ class ResultStore:
             cur.execute(query + " ORDER BY dataset, target, method, repeat", params)
             cols = [d[0] for d in cur.description]
             frame = pd.DataFrame(cur.fetchall(), columns=cols)
+        if "method_json" not in frame.columns:  # an old store opened read-only
+            frame["method_json"] = None
         return frame
 
     def predictions(self, result_id: int | None = None):
@@ -202,7 +229,8 @@ class ResultStore:
         import pandas as pd
 
         columns = ["result_id", "item_id", "prediction", "mos", "item_group", "generator"]
-        query = f"SELECT {', '.join(columns)} FROM predictions"
+        have = self._columns["predictions"]  # an old store opened read-only may lack the newer ones
+        query = f"SELECT {', '.join(c if c in have else f'NULL AS {c}' for c in columns)} FROM predictions"
         params: tuple = ()
         if result_id is not None:
             query += " WHERE result_id = ?"
@@ -221,15 +249,27 @@ def _existing(folder: str | Path) -> Path:
     return path
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; a store in a read-only folder (no room for WAL side files) opens immutable."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        conn.execute("SELECT count(*) FROM results").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+        conn.execute("SELECT count(*) FROM results").fetchone()
+        return conn
+
+
 def read_results(folder: str | Path = "runs", status: str | None = "ok"):
     """Results of an output folder as a DataFrame (only successful rows by default)."""
     _existing(folder)
-    with ResultStore(folder) as store:
+    with ResultStore(folder, readonly=True) as store:
         return store.frame(status)
 
 
 def read_predictions(folder: str | Path = "runs"):
     """Every stored per-item prediction, with the `result_id` of its result row."""
     _existing(folder)
-    with ResultStore(folder) as store:
+    with ResultStore(folder, readonly=True) as store:
         return store.predictions()

@@ -128,6 +128,7 @@ class Report:
             "comparisons": [c.as_dict() for c in self.comparisons],
             "provenance": self.provenance(),
             "failures": self._failures(),
+            "warnings": self._warnings(),
         }
         return json.dumps(body, indent=1, default=str)
 
@@ -153,12 +154,31 @@ class Report:
         return [{"dataset": d, "method": m, "rows": len(p), "error": str(p["error"].iloc[0]).splitlines()[0]}
                 for (d, m), p in errors.groupby(["dataset", "method"])]
 
+    def _warnings(self) -> list[dict]:
+        """Warnings the methods raised while making the finished rows, de-duplicated per dataset and method."""
+        ok = self.frame[self.frame["status"] == "ok"]
+        counts: dict[tuple[str, str, str], int] = {}
+        for dataset, method, info in zip(ok["dataset"], ok["method"], ok["info_json"]):
+            try:
+                messages = json.loads(info or "{}").get("warnings", [])
+            except ValueError:
+                continue
+            for message in messages:
+                key = (dataset, method, str(message))
+                counts[key] = counts.get(key, 0) + 1
+        return [{"dataset": d, "method": m, "rows": n, "warning": w} for (d, m, w), n in sorted(counts.items())]
+
     def _notes_markdown(self) -> list[str]:
         out = approximation_notes(self.summary)
         failures = self._failures()
         if failures:
             out += ["## Failures", ""]
             out += [f"- {f['dataset']} / {f['method']}: {f['rows']} failed row(s): {f['error']}" for f in failures]
+            out.append("")
+        warned = self._warnings()
+        if warned:
+            out += ["## Warnings", "", "Raised by the methods while computing the rows above (each listed once).", ""]
+            out += [f"- {w['dataset']} / {w['method']} ({w['rows']} row(s)): {w['warning']}" for w in warned]
             out.append("")
         provenance = self.provenance()
         if provenance:

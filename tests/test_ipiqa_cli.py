@@ -53,26 +53,3 @@ def test_ablate_on_synthetic_makes_table3(tmp_path):
     table3 = text[text.index("Table 3 layout"):]
     line = next(row for row in table3.splitlines() if row.startswith("| ipiqa.integral"))
     assert [c.strip() for c in line.split("|")[2:5]] == ["", "✓", ""]  # no Image2Prompt, integral prompt, no [QA]
-
-
-def test_checkpoint_with_pickled_code_is_refused_not_run(tmp_path):
-    """`agiqa-bench score` loads checkpoints with weights_only=True: a pickle that would run code is refused."""
-    import pytest
-
-    from agiqa_bench.errors import ConfigError
-    from ipiqa.method import load_checkpoint
-
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    bad = tmp_path / "evil.pt"
-    import torch
-
-    torch.save({"format": "agiqa-bench/ipiqa@1", "config": Payload()}, bad, pickle_protocol=2)
-    assert not marker.exists()
-    with pytest.raises(ConfigError, match=r"evil\.pt is not a readable IP-IQA checkpoint.*never pickled objects"):
-        load_checkpoint(bad)
-    assert not marker.exists()

@@ -92,18 +92,34 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+def accepted_options(name: str) -> tuple[str, ...]:
+    """The keyword options a dataset's loader takes (read from its signature)."""
+    import inspect
+
+    from agiqa_bench.datasets import agiqa1k, agiqa3k, tabular
+    from agiqa_bench.synthetic import dataset as synthetic
+
+    def keywords(fn, skip=("data_root",)) -> list[str]:
+        return [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in (*skip, "name")]
+
+    if name == "synthetic":
+        return tuple(synthetic.SYNTH_OPTIONS) + tuple(keywords(agiqa3k.load, ("data_root", "name")))
+    return tuple(keywords({"agiqa1k": agiqa1k.load, "agiqa3k": agiqa3k.load, "csv": tabular.load}[name]))
+
+
 def load_dataset(name: str, data_root: str | Path | None = None, **options: Any) -> Dataset:
     """Load a dataset by name.
 
-    Options common to all: images (folder), drop_missing, check_images,
-    duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules:
-    `agiqa_bench.datasets.tabular`, `agiqa_bench.synthetic.dataset`).
+    Options common to all: images (folder), drop_missing, drop_bad_images, allow_outside_root,
+    check_images, duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    try:
-        return DATASETS[name].loader(data_root, **options)
-    except TypeError as exc:
-        if "unexpected keyword" in str(exc):
-            raise ConfigError(f"dataset {name!r} does not take option: {exc}") from None
-        raise
+    accepted = accepted_options(name)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ConfigError(f"dataset {name!r} has no option {', '.join(unknown)}; it takes: {', '.join(accepted)} "
+                          "(--dataset-opt key=value; images, drop_missing, drop_bad_images and allow_outside_root "
+                          "also have flags of their own)")
+    return DATASETS[name].loader(data_root, **options)

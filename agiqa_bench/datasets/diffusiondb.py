@@ -120,7 +120,7 @@ class PartReader:
                                 f"caps of {self.limits.part_members} members and {self.limits.part_bytes:,} bytes per "
                                 "part (not a DiffusionDB part, or a zip bomb)")
             for info in infos:
-                self._members.setdefault(info.filename.rsplit("/", 1)[-1], info)
+                self._members[info.filename.rsplit("/", 1)[-1]] = info  # a repeated name: the last wins, as in zipfile
 
     def label(self, file: str) -> str:
         """How a file of this part is named in messages."""

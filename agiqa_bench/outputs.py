@@ -1,0 +1,58 @@
+"""Writing output files safely: unique temporary names, atomic renames, one-line errors.
+
+Every file the harness writes next to a user's results (splits, reports, caches) goes
+through `atomic_write`: the bytes go to a temporary file with a unique name in the
+same folder (two processes never share one), which is renamed over the target only
+when complete, so a crash, a full disk or a concurrent writer never leaves a
+half-written file.  Failures are a `StoreError` that names the file and says what to
+do (`output_error`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from agiqa_bench.errors import StoreError
+
+
+def output_error(path: Path, action: str, exc: BaseException) -> StoreError:
+    """One line for a failed write or read of an output file: what, where, why, and what to do."""
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in why.lower()
+    denied = (isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EROFS)
+              or "readonly" in why.lower() or "read-only" in why.lower())
+    if full:
+        hint = "free disk space, then rerun the same command: finished jobs are kept and are not redone"
+    elif denied:
+        hint = "choose a writable --out folder (or fix its permissions)"
+    else:
+        hint = "check the file and the disk; finished jobs stay in the store"
+    return StoreError(f"cannot {action} {path}: {why}; {hint}")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, what: str = "write") -> Path:
+    """Call `write(file)` on a unique temporary file beside `path`, then rename it to `path`."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+        tmp = None
+        return path
+    except OSError as exc:
+        raise output_error(path, what, exc) from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str, *, what: str = "write") -> Path:
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), what=what)
