@@ -37,10 +37,16 @@ from agiqa_bench.hub import offline
 
 RANDOM_INIT = ("", "none", "random")
 HF_PREFIX = "hf-hub:"
+#: Why a file that is not cached cannot be fetched while the offline switch is on (`agiqa_bench.hub`).
+OFFLINE_WHY = "not in the local cache and downloads are off (offline: AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE)"
 
 
 class WeightsUnavailable(MethodUnavailable):
     """A weights file that is not here and cannot be fetched; the message says how to supply it."""
+
+
+class NotCached(WeightsUnavailable):
+    """A hub or URL file that is not in the local cache (raised where `resolve` may not download)."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,31 @@ def is_random(ref) -> bool:
 
 
 def is_local(ref) -> bool:
-    """A reference that names a file: it holds a path separator or has a file suffix."""
-    text = str(ref or "")
+    """A reference that names a path on this machine: it holds a path separator or has a file suffix.
+
+    The one test every caller uses for "is this a local file (or folder)?": a tag (`openai`,
+    `agiqa-synth`, `imagenet`), "" / None and every hub reference (`hf-hub:owner/repo/file`, and
+    `hf-hub:owner/repo`, open_clip's spelling of a whole hub model) are not local.
+    """
+    text = str(ref or "").strip()
     return bool(text) and not text.startswith(HF_PREFIX) and (os.sep in text or "/" in text or Path(text).suffix != "")
+
+
+def is_hub_file(ref) -> bool:
+    """A reference to one file on the Hugging Face hub: `hf-hub:owner/repo/path/in/repo[@revision]`.
+
+    The second question a caller that takes tags asks ("a file, here or on the hub, rather than a tag?"
+    is `is_local(ref) or is_hub_file(ref)`).  `hf-hub:owner/repo`, a whole repository (open_clip's
+    spelling of a whole model), is not a file.
+    """
+    text = str(ref or "").strip()
+    if not text.startswith(HF_PREFIX):
+        return False
+    try:
+        parse_hf(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_hf(ref: str) -> tuple[str, str, str | None]:
@@ -158,6 +186,22 @@ def resolve(ref, *, method: str, param: str, sources: Mapping[str, Source] | Non
                                            f"or {HF_PREFIX}owner/repo/file)")
 
 
+def problem(ref, *, method: str, param: str, sources: Mapping[str, Source] | None = None,
+            what: str = "the weights file") -> str | None:
+    """Why `resolve(ref, ...)` would fail here, found without downloading; None when it would succeed.
+
+    A file that is not cached yet counts as fine while downloads are on (it is fetched on first use)
+    and as missing, with the offline message, while they are off.
+    """
+    try:
+        resolve(ref, method=method, param=param, sources=sources, what=what, download=False)
+    except NotCached as exc:
+        return str(exc) if offline() else None
+    except WeightsUnavailable as exc:
+        return str(exc)
+    return None
+
+
 def available(ref, *, sources: Mapping[str, Source] | None = None) -> bool:
     """True when `resolve` would succeed without a download (random init counts as available)."""
     if is_random(ref):
@@ -181,11 +225,9 @@ def _fetch(source: Source, *, method: str, param: str, download: bool) -> Path:
     cached = source.cache_path()
     if cached is not None and cached.is_file():
         return cached
-    if not download:
-        raise unavailable(method, param, what, "not in the local cache", source.where())
-    if offline():
-        raise unavailable(method, param, what, "not in the local cache and downloads are off "
-                                               "(AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE)", source.where())
+    if not download or offline():
+        why = OFFLINE_WHY if offline() else "not in the local cache"
+        raise NotCached(str(unavailable(method, param, what, why, source.where())))
     try:
         with _download_lock:
             if source.url:
