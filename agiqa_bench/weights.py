@@ -9,7 +9,9 @@ A weights reference (the value of a method parameter such as `pretrained`,
 - a hub tag (`openai`, `imagenet`, `pyiqa`, ...): a `Source` the method
   declares, fetched the normal way (Hugging Face hub or a URL into the torch
   hub cache) and reused from the cache;
-- `hf-hub:owner/repo/path/in/repo[@revision]`: any file on the Hugging Face hub;
+- `hf-hub:owner/repo/path/in/repo[@revision]`: any file on the Hugging Face hub
+  (the one spelling of a hub file in specs, docs and messages; `_hub_body` also
+  reads an older spelling, so old command lines keep working);
 - "" (or `none` / `random`): no file, random initialisation, where a method
   allows it.
 
@@ -37,6 +39,8 @@ from agiqa_bench.hub import offline
 
 RANDOM_INIT = ("", "none", "random")
 HF_PREFIX = "hf-hub:"
+#: Other spellings of HF_PREFIX that references may still use (read here only; never written).
+_HF_ALIASES = ("hf://",)
 #: Why a file that is not cached cannot be fetched while the offline switch is on (`agiqa_bench.hub`).
 OFFLINE_WHY = "not in the local cache and downloads are off (offline: AGIQA_BENCH_OFFLINE / HF_HUB_OFFLINE)"
 
@@ -55,7 +59,9 @@ class Source:
 
     Exactly one of `hf` (``repo/path/in/repo[@revision]`` on the Hugging Face
     hub), `url` (downloaded into the torch hub cache under `cache_folder`) or
-    `shipped` (a file inside this package) is set.
+    `shipped` (a file inside this package) is set.  `hf_also` lists other
+    ``(repo, filename)`` names the hub cache may hold the same file under (a
+    repository's older name); they are looked up, never downloaded.
     """
 
     what: str
@@ -63,6 +69,7 @@ class Source:
     url: str = ""
     cache_folder: str = "checkpoints"
     shipped: Path | None = None
+    hf_also: tuple[tuple[str, str], ...] = ()
 
     @property
     def filename(self) -> str:
@@ -86,8 +93,11 @@ class Source:
         if self.url:
             return torch_hub_dir() / self.cache_folder / self.filename
         repo, filename, revision = parse_hf(HF_PREFIX + self.hf)
-        found = hf_cached(repo, filename, revision)
-        return Path(found) if found else None
+        for repo, filename, revision in ((repo, filename, revision), *((r, f, None) for r, f in self.hf_also)):
+            found = hf_cached(repo, filename, revision)
+            if found:
+                return Path(found)
+        return None
 
 
 def torch_hub_dir() -> Path:
@@ -101,6 +111,20 @@ def is_random(ref) -> bool:
     return ref is None or str(ref).strip().lower() in RANDOM_INIT
 
 
+def _hub_body(ref) -> str | None:
+    """What follows the hub prefix (`hf-hub:`, or its older spelling) of a hub reference; None for any other."""
+    text = str(ref or "").strip()
+    for prefix in (HF_PREFIX, *_HF_ALIASES):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return None
+
+
+def is_hub(ref) -> bool:
+    """A Hugging Face hub reference: one file (`is_hub_file`) or a whole repository (`hf-hub:owner/repo`)."""
+    return _hub_body(ref) is not None
+
+
 def is_local(ref) -> bool:
     """A reference that names a path on this machine: it holds a path separator or has a file suffix.
 
@@ -109,7 +133,7 @@ def is_local(ref) -> bool:
     `hf-hub:owner/repo`, open_clip's spelling of a whole hub model) are not local.
     """
     text = str(ref or "").strip()
-    return bool(text) and not text.startswith(HF_PREFIX) and (os.sep in text or "/" in text or Path(text).suffix != "")
+    return bool(text) and not is_hub(text) and (os.sep in text or "/" in text or Path(text).suffix != "")
 
 
 def is_hub_file(ref) -> bool:
@@ -119,20 +143,56 @@ def is_hub_file(ref) -> bool:
     is `is_local(ref) or is_hub_file(ref)`).  `hf-hub:owner/repo`, a whole repository (open_clip's
     spelling of a whole model), is not a file.
     """
-    text = str(ref or "").strip()
-    if not text.startswith(HF_PREFIX):
+    if not is_hub(ref):
         return False
     try:
-        parse_hf(text)
+        parse_hf(str(ref).strip())
     except ValueError:
         return False
     return True
 
 
+def is_repo_id(ref) -> bool:
+    """transformers' spelling of a hub repository (`owner/name`, as `from_pretrained` takes it), not a folder.
+
+    For a parameter that takes a hub repository *or* a local folder (PickScore's `model` and
+    `processor`), where `is_local` cannot tell them apart: a value that starts with '.', '/' or '~',
+    holds more than one '/', or exists here is a folder; a hub reference (`hf-hub:...`) is neither.
+    """
+    text = str(ref or "").strip()
+    return (bool(text) and not is_hub(text) and not text.startswith((".", "/", "~", os.sep))
+            and text.count("/") <= 1 and not Path(text).exists())
+
+
+def in_folder(ref: str, filename: str) -> str:
+    """`ref`, or the file `filename` inside it when `ref` names a folder: a local directory or a whole hub
+    repository (`hf-hub:owner/repo[@revision]`), for parameters that take "the file or its folder"."""
+    body = _hub_body(ref)
+    if body is not None:
+        repo, _, revision = body.partition("@")
+        repo = repo.strip("/")
+        if repo.count("/") == 1:
+            return f"{HF_PREFIX}{repo}/{filename}" + (f"@{revision}" if revision else "")
+        return ref
+    if is_local(ref) and Path(ref).expanduser().is_dir():
+        return str(Path(ref).expanduser() / filename)
+    return ref
+
+
+def next_to(ref: str, filename: str) -> str:
+    """The file `filename` in the folder of the file `ref`: the same hub repository folder and revision, or
+    the same local folder."""
+    if is_hub(ref):
+        repo, path, revision = parse_hf(ref)
+        folder = path.rpartition("/")[0]
+        return f"{HF_PREFIX}{repo}/{folder + '/' if folder else ''}{filename}" + (f"@{revision}" if revision else "")
+    return str(Path(ref).expanduser().parent / filename)
+
+
 def parse_hf(ref: str) -> tuple[str, str, str | None]:
     """'hf-hub:owner/repo/dir/file.pt@rev' -> ('owner/repo', 'dir/file.pt', 'rev')."""
-    body = ref[len(HF_PREFIX):] if ref.startswith(HF_PREFIX) else ref
-    body, _, revision = body.partition("@")
+    body = _hub_body(ref)
+    body, _, revision = (ref if body is None else body).partition("@")
     parts = body.strip("/").split("/")
     if len(parts) < 3:
         raise ValueError(f"a hub reference is hf-hub:owner/repo/path/to/file[@revision], got {ref!r}")
@@ -170,12 +230,13 @@ def resolve(ref, *, method: str, param: str, sources: Mapping[str, Source] | Non
     if text in sources:
         source = sources[text]
         return _fetch(source, method=method, param=param, download=download)
-    if text.startswith(HF_PREFIX):
+    if is_hub(text):
         try:
-            parse_hf(text)
+            repo, filename, revision = parse_hf(text)
         except ValueError as exc:
             raise unavailable(method, param, what, str(exc)) from None
-        return _fetch(Source(what, hf=text[len(HF_PREFIX):]), method=method, param=param, download=download)
+        hf = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
+        return _fetch(Source(what, hf=hf), method=method, param=param, download=download)
     if is_local(text):
         path = Path(text).expanduser()
         if not path.exists():

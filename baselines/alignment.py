@@ -7,7 +7,9 @@ says how (`load_model`, `score_batch`); this base class does the rest:
 - Weights are checked before any work (`require_weights`): a missing file,
   or hub weights that are not cached while the hub is offline, raise
   `MethodUnavailable` naming the file and the ``--set <method>.<param>=PATH``
-  fix.  Checks never download.
+  fix (the one shape of `agiqa_bench.weights.unavailable`).  Checks never
+  download; `fetch_weights` then makes the files local (a download on first
+  use) before the score namespace, which holds their identity, is computed.
 - Every pair is scored once per run.  Scores live in the run's
   `FeatureCache` under a namespace made of the scorer's family name, its
   score version and everything the score depends on (weights identity,
@@ -35,14 +37,12 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from agiqa_bench.clip import image_transform as clip_image_transform
-from agiqa_bench.clip import open_clip_identity, tokenizer_for
-from agiqa_bench.weights import file_identity
+from agiqa_bench.clip import tokenizer_for
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
@@ -139,6 +139,10 @@ class AlignmentScorer(Method):
         """What the scores depend on besides the pair (weights, model, scoring parameters)."""
         raise NotImplementedError
 
+    def fetch_weights(self) -> None:
+        """Make the weights files local (downloaded and cached on first use) so that `weights_identity`
+        counts them; called before scoring.  Default: nothing (the model's loader fetches its own)."""
+
     def load_model(self) -> Any:
         raise NotImplementedError
 
@@ -179,6 +183,7 @@ class AlignmentScorer(Method):
         self.require_weights()
         if not items:
             return np.zeros(0, dtype=np.float64)
+        self.fetch_weights()
         keyed = [dataclasses.replace(it, id=f"{it.id}#{prompt_digest(it.prompt)}") for it in items]
         root = self.context.cache_dir / "features" if self.context.cache_dir else None
         cache = FeatureCache(root)

@@ -213,14 +213,16 @@ def test_preprocessing_follows_torchvision(tmp_path):
 def test_missing_weights_make_the_method_unavailable_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    monkeypatch.setattr(ir, "_cached", lambda repo, filename: None)  # whatever this machine has cached
+    monkeypatch.setattr("agiqa_bench.weights.hf_cached", lambda *a, **k: None)  # whatever this machine has cached
     ghost = [Item(id="x.png", image=tmp_path / "no-such-image.png", prompt="a cat", targets={}, group="0")]
     for name in ("imagereward", "stairreward.approx"):
         method = create_method(name, {}, MethodContext(cache_dir=tmp_path / "cache"))
-        with pytest.raises(MethodUnavailable, match=rf"ImageReward.pt.*offline.*--set {name}.checkpoint=PATH"):
+        with pytest.raises(MethodUnavailable, match=rf"ImageReward.pt.*offline.*Source: hf-hub:THUDM/ImageReward/"
+                                                     rf"ImageReward.pt. .*--set {name}.checkpoint=PATH$"):
             method.predict(ghost)  # not ImageReadError: the weights are checked first
     method = create_method("imagereward", {"checkpoint": str(tmp_path / "nowhere" / "ImageReward.pt")})
-    with pytest.raises(MethodUnavailable, match=r"weights file not found: .*nowhere.*--set imagereward.checkpoint"):
+    with pytest.raises(MethodUnavailable, match=r"ImageReward weights .*nowhere.* is not available \(no such file\).*"
+                                                 r"--set imagereward.checkpoint=PATH"):
         method.predict(ghost)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
@@ -230,7 +232,8 @@ def test_missing_weights_make_the_method_unavailable_before_any_work(tmp_path, m
         method.predict(ghost)
     (lonely / "med_config.json").write_text("{}")
     method = create_method("imagereward", {"checkpoint": str(lonely)})
-    with pytest.raises(MethodUnavailable, match=r"vocab.txt.*--set imagereward.tokenizer_vocab=PATH"):
+    with pytest.raises(MethodUnavailable, match=r"vocab.txt.*Source: hf-hub:google-bert/bert-base-uncased/vocab.txt. "
+                                                 r".*--set imagereward.tokenizer_vocab=PATH"):
         method.predict(ghost)
     assert ir.weights_available({}) is False
     assert ir.weights_available({"checkpoint": "agiqa-smoke"}) is True

@@ -132,3 +132,54 @@ def test_load_clip_reads_a_hub_file_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(weights, "hf_cached", lambda *a, **k: None)
     with pytest.raises(MethodUnavailable, match=r"^clipscore\.pretrained: .*tiny\.pt.*Source: hf-hub:owner/repo/tiny"):
         load_clip("agiqa-tiny-rn", "hf-hub:owner/repo/tiny.pt", option="clipscore.pretrained")
+
+
+# -- the older hub spelling: read by the resolver's parser alone ----------------------------------
+def test_old_hub_spelling_is_an_alias(tmp_path, monkeypatch):
+    """`hf://owner/repo/file` (old HPS command lines) reads as `hf-hub:owner/repo/file`; messages use the latter."""
+    from agiqa_bench.method import MethodContext
+    from agiqa_bench.registry import create_method
+
+    old = "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"
+    assert weights.parse_hf(old) == weights.parse_hf("hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt")
+    assert is_hub_file(old) and not is_local(old)
+    monkeypatch.setattr(weights, "hf_cached", lambda *a, **k: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable, match=r"Source: hf-hub:xswu/HPSv2/HPS_v2\.1_compressed\.pt\. "):
+        resolve(old, method="hps.v2_1", param="checkpoint")
+    method = create_method("hps", {"checkpoint": old}, MethodContext(cache_dir=tmp_path))
+    assert "Source: hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt. " in method.weights_problem()
+    cached = tmp_path / "HPS_v2.1_compressed.pt"
+    cached.write_bytes(b"x")
+    monkeypatch.setattr(weights, "hf_cached", lambda *a, **k: str(cached))
+    assert method.checkpoint_path() == cached
+
+
+# -- folders and neighbours (ImageReward's "the file or its folder"), repository ids (PickScore) --------
+def test_in_folder_and_next_to(tmp_path):
+    assert weights.in_folder("hf-hub:o/r", "a.pt") == "hf-hub:o/r/a.pt"
+    assert weights.in_folder("hf-hub:o/r@v2", "a.pt") == "hf-hub:o/r/a.pt@v2"
+    assert weights.in_folder("hf-hub:o/r/b.pt", "a.pt") == "hf-hub:o/r/b.pt"
+    assert weights.in_folder(str(tmp_path), "a.pt") == str(tmp_path / "a.pt")
+    assert weights.in_folder(str(tmp_path / "b.pt"), "a.pt") == str(tmp_path / "b.pt")
+    assert weights.in_folder("agiqa-smoke", "a.pt") == "agiqa-smoke"
+    assert weights.next_to("hf-hub:o/r/d/b.pt@v2", "c.json") == "hf-hub:o/r/d/c.json@v2"
+    assert weights.next_to("hf-hub:o/r/b.pt", "c.json") == "hf-hub:o/r/c.json"
+    assert weights.next_to(str(tmp_path / "b.pt"), "c.json") == str(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("ref,repo", [("yuvalkirstain/PickScore_v1", True), ("bert-base-uncased", True),
+                                      ("./models/pick", False), ("/models/pick", False), ("~/pick", False),
+                                      ("a/b/c", False), ("hf-hub:o/r", False), ("", False)])
+def test_repository_ids_for_repo_or_folder_parameters(ref, repo):
+    assert weights.is_repo_id(ref) is repo
+
+
+def test_legacy_repository_names_are_looked_up_in_the_cache(tmp_path, monkeypatch):
+    found = tmp_path / "vocab.txt"
+    found.write_text("x")
+    monkeypatch.setattr(weights, "hf_cached", lambda repo, filename, revision=None: (
+        str(found) if repo == "bert-base-uncased" else None))
+    source = Source("bert's vocabulary", hf="google-bert/bert-base-uncased/vocab.txt",
+                    hf_also=(("bert-base-uncased", "vocab.txt"),))
+    assert resolve("bert", method="m", param="p", sources={"bert": source}, download=False) == found
