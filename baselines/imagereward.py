@@ -48,10 +48,14 @@ Deviations: none in the computation.  The tokenizer is built with the
 API differs between versions and, offline, can silently load a 5-token
 vocabulary); the parity test checks its ids against the official tokenizer.
 
-Every (image, prompt) score is cached on disk per model configuration
-(`FeatureCache`), so the repeats of a run, and StairReward's full-prompt
-step, cost one forward pass per pair.  A zero-shot method: the same score is
-predicted for every target.
+The method is an `AlignmentScorer` (`baselines.alignment`): weights checked
+before any work, every (image, prompt) score cached on disk per model
+configuration (`FeatureCache`), so the repeats of a run, and StairReward's
+full-prompt step, cost one forward pass per pair, the model kept loaded
+between repeats, and prompts over the 35-token context counted and warned
+about.  Each pair is one forward pass, as the official `ImageReward.score`
+(`batch_size` only sets how many pairs go between two cache writes).  A
+zero-shot method: the same score is predicted for every target.
 """
 
 from __future__ import annotations
@@ -63,11 +67,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.cache import FeatureCache, namespace_for
+from agiqa_bench.cache import namespace_for
 from agiqa_bench.errors import MethodUnavailable
-from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.method import MethodSpec, Weights
 from agiqa_bench.records import Item
 from agiqa_bench.weights import Source, identity, in_folder, is_hub, next_to, problem, resolve
+from baselines.alignment import AlignmentScorer
 
 SPEC = MethodSpec(
     name="imagereward",
@@ -181,7 +186,7 @@ def weights_available(params: dict) -> bool | None:
 
 
 # -- the method ---------------------------------------------------------------------------------
-class ImageReward(Method):
+class ImageReward(AlignmentScorer):
     """Zero-shot ImageReward score of each image against its prompt (higher = better aligned/preferred)."""
 
     params: ClassVar[dict[str, Any]] = {
@@ -190,44 +195,63 @@ class ImageReward(Method):
         "checkpoint": DEFAULT_CHECKPOINT,
         "med_config": "",  # "": med_config.json next to the checkpoint (same hub repo or folder)
         "tokenizer_vocab": "",  # "": vocab.txt next to a local checkpoint, else bert-base-uncased's from the hub
+        "batch_size": 16,  # pairs between two cache writes (speed only; each pair is one forward pass)
     }
+    family: ClassVar[str] = "imagereward"
+
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
+        self._tokenizer = None
+
+    def files(self, *, download: bool = True) -> Files:
+        return resolve_files(self.config, self.name, download=download)
+
+    def weights_problem(self) -> str | None:
+        return files_problem(self.config, self.name)
+
+    def fetch_weights(self) -> None:
+        self.files()
 
     def weights_identity(self) -> dict[str, Any]:
         """The files' identities for the configuration hash (empty while a hub file is not cached yet)."""
         try:
-            return resolve_files(self.config, self.name, download=False).identity()
+            return self.files(download=False).identity()
         except MethodUnavailable:
             return {}
 
-    def predict(self, items: Sequence[Item]) -> np.ndarray:
-        if not items:
-            return np.zeros(0, dtype=np.float64)
-        return self.pair_scores([(item, item.prompt) for item in items])
+    def namespace(self) -> str:
+        # the namespace and pair keys (`pair_id`) ImageReward used before it moved onto AlignmentScorer:
+        # scores cached by earlier runs stay valid
+        return namespace_for(self.family, {"score_version": SCORE_VERSION, **self.weights_identity()})
 
-    # shared with StairReward ----------------------------------------------------------------
-    def pair_scores(self, pairs: Sequence[tuple[Item, str]]) -> np.ndarray:
-        """ImageReward of each (item's image, prompt) pair, cached per pair and model configuration."""
-        name = self.name
-        problem = files_problem(self.config, name)  # before any work: a missing file fails here
-        if problem:
-            raise MethodUnavailable(problem)
-        files = resolve_files(self.config, name)
-        namespace = namespace_for("imagereward", {"score_version": SCORE_VERSION, **files.identity()})
-        root = self.context.cache_dir / "features" if self.context.cache_dir else None
-        keyed = [Item(id=f"{item.id}\x1f{prompt}", image=item.image, prompt=prompt, targets={}, group="")
-                 for item, prompt in pairs]
-        from baselines.blip import Scorer, load_pixels, load_scorer
+    def pair_id(self, item: Item, prompt: str) -> str:
+        return f"{item.id}\x1f{prompt}"
 
-        state: dict[str, Any] = {}
+    def load_model(self):
+        from baselines import blip
 
-        def compute(pair: Item) -> np.ndarray:
-            if "scorer" not in state:
-                state["scorer"] = load_scorer(files, self.context.device, name)
-            scorer: Scorer = state["scorer"]
-            if state.get("image") != pair.image:  # consecutive prompts of one image: encode it once
-                state["image"], state["pixels"] = pair.image, load_pixels(pair.image, scorer.image_size)
-            return scorer.rewards(state["pixels"], [pair.prompt])
+        return blip.load_scorer(self.files(), self.context.device, self.name)
 
-        scores = FeatureCache(root).get(namespace, keyed, compute)
-        self.info = {"scored_pairs": len(keyed)}
-        return scores[:, 0].astype(np.float64)
+    def score_batch(self, model: Any, items: Sequence[Item], captions: Sequence[str]) -> np.ndarray:
+        """One forward pass per pair (the official `score`); consecutive prompts of one image decode it once."""
+        from baselines.blip import load_pixels
+
+        out, image, pixels = [], None, None
+        for item, prompt in zip(items, captions, strict=True):
+            if item.image != image:
+                image, pixels = item.image, load_pixels(item.image, model.image_size)
+            out.append(float(model.rewards(pixels, [prompt]).reshape(-1)[0]))
+        return np.asarray(out, dtype=np.float64)
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from baselines import blip
+
+            self._tokenizer = blip.load_tokenizer(self.files(), self.name)
+        return self._tokenizer
+
+    def token_counts(self, captions: Sequence[str]) -> list[int]:
+        return self.tokenizer().count(captions)
+
+    def context_length(self) -> int:
+        return int(self.tokenizer().max_length)

@@ -324,6 +324,28 @@ def test_each_pair_is_scored_once_and_cached(tiny_ckpt, tmp_path, monkeypatch):
     assert calls == ["a red cat", "a dog"]
 
 
+def test_imagereward_is_an_alignment_scorer(tiny_ckpt, tmp_path, monkeypatch):
+    """The shared base: long prompts counted and warned about, one loaded model for ImageReward and StairReward."""
+    from baselines.alignment import _MODEL_MEMO, AlignmentScorer
+
+    assert issubclass(ir.ImageReward, AlignmentScorer) and issubclass(sr.StairRewardApprox, AlignmentScorer)
+    params = {"checkpoint": str(tiny_ckpt), "batch_size": 2}
+    items = _items(tmp_path, ["a red cat, top view", " ".join(["a cat"] * 30), "a dog"])
+    loads = []
+    real = blip.load_scorer
+    monkeypatch.setattr(blip, "load_scorer", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    _MODEL_MEMO.clear()
+    method = create_method("imagereward", params, MethodContext(cache_dir=tmp_path / "a"))
+    with pytest.warns(UserWarning, match=r"1 of 3 distinct prompts .* exceed the text encoder's 35-token context"):
+        scores = method.predict(items)
+    assert method.info["prompts_truncated"] == 1 and method.info["context_length"] == 35
+    with pytest.warns(UserWarning, match="35-token context"):
+        stair = create_method("stairreward.approx", params, MethodContext(cache_dir=tmp_path / "b")).predict(items)
+    assert len(loads) == 1  # StairReward scored its stairs with the model ImageReward loaded
+    assert stair[2] == scores[2]  # a prompt without morphemes: its ImageReward score
+    _MODEL_MEMO.clear()
+
+
 def test_registry_entries():
     spec, _ = get_spec("imagereward")
     assert spec.kind == "zero-shot" and spec.inputs == ("image", "prompt") and spec.weights
