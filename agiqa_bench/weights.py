@@ -210,41 +210,44 @@ def hf_cached(repo: str, filename: str, revision: str | None = None) -> str | No
     return found if isinstance(found, str) else None
 
 
-def unavailable(method: str, param: str, what: str, why: str, source: str = "") -> WeightsUnavailable:
-    """The one shape of every weights error: file, why, where it comes from, the --set that supplies it."""
+def unavailable(method: str, param: str, what: str, why: str, source: str = "", hint: str = "") -> WeightsUnavailable:
+    """The one shape of every weights error: file, why, where it comes from, the --set that supplies it,
+    and optionally, after a semicolon, the one other way out (`hint`, e.g. random weights)."""
     origin = f" Source: {source}." if source else ""
+    tail = f"; {hint}" if hint else ""
     return WeightsUnavailable(
         f"{method}.{param}: {what} is not available ({why}).{origin} "
-        f"Supply a local copy with --set {method}.{param}=PATH")
+        f"Supply a local copy with --set {method}.{param}=PATH{tail}")
 
 
 def resolve(ref, *, method: str, param: str, sources: Mapping[str, Source] | None = None,
-            what: str = "the weights file", download: bool = True) -> Path:
+            what: str = "the weights file", download: bool = True, hint: str = "") -> Path:
     """The local file a weights reference names (see the module docstring); raises `WeightsUnavailable`.
 
     `sources` maps the tags the method accepts to their `Source`; `download=False`
-    only looks (local files and caches), as the `methods` listing does.
+    only looks (local files and caches), as the `methods` listing does; `hint` ends
+    every message (see `unavailable`).
     """
     sources = sources or {}
     text = str(ref).strip()
     if text in sources:
         source = sources[text]
-        return _fetch(source, method=method, param=param, download=download)
+        return _fetch(source, method=method, param=param, download=download, hint=hint)
     if is_hub(text):
         try:
             repo, filename, revision = parse_hf(text)
         except ValueError as exc:
-            raise unavailable(method, param, what, str(exc)) from None
+            raise unavailable(method, param, what, str(exc), hint=hint) from None
         hf = f"{repo}/{filename}" + (f"@{revision}" if revision else "")
-        return _fetch(Source(what, hf=hf), method=method, param=param, download=download)
+        return _fetch(Source(what, hf=hf), method=method, param=param, download=download, hint=hint)
     if is_local(text):
         path = Path(text).expanduser()
         if not path.exists():
-            raise unavailable(method, param, f"{what} {path}", "no such file")
+            raise unavailable(method, param, f"{what} {path}", "no such file", hint=hint)
         return path
     known = ", ".join(repr(t) for t in sources) or "none"
     raise unavailable(method, param, what, f"{text!r} is neither a file path nor a known tag (tags: {known}; "
-                                           f"or {HF_PREFIX}owner/repo/file)")
+                                           f"or {HF_PREFIX}owner/repo/file)", hint=hint)
 
 
 def problem(ref, *, method: str, param: str, sources: Mapping[str, Source] | None = None,
@@ -277,18 +280,19 @@ def available(ref, *, sources: Mapping[str, Source] | None = None) -> bool:
 _download_lock = threading.Lock()
 
 
-def _fetch(source: Source, *, method: str, param: str, download: bool) -> Path:
+def _fetch(source: Source, *, method: str, param: str, download: bool, hint: str = "") -> Path:
     what = f"{source.what} ({source.filename})"
     if source.shipped is not None:
         if source.shipped.is_file():
             return source.shipped
-        raise unavailable(method, param, what, f"{source.shipped} is missing from this installation", source.where())
+        raise unavailable(method, param, what, f"{source.shipped} is missing from this installation", source.where(),
+                          hint)
     cached = source.cache_path()
     if cached is not None and cached.is_file():
         return cached
     if not download or offline():
         why = OFFLINE_WHY if offline() else "not in the local cache"
-        raise NotCached(str(unavailable(method, param, what, why, source.where())))
+        raise NotCached(str(unavailable(method, param, what, why, source.where(), hint)))
     try:
         with _download_lock:
             if source.url:
@@ -305,7 +309,7 @@ def _fetch(source: Source, *, method: str, param: str, download: bool) -> Path:
     except Exception as exc:  # network errors come in many types; all mean "not downloadable here"
         first = " ".join(str(exc).split())[:160]
         raise unavailable(method, param, what, f"the download failed: {type(exc).__name__}: {first}",
-                          source.where()) from None
+                          source.where(), hint) from None
 
 
 _identity_cache: dict[tuple[str, int, int], str] = {}

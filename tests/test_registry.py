@@ -191,8 +191,11 @@ def test_missing_weights_give_one_shaped_message(name, param, contract_data, tmp
     spec, _ = get_spec(name)
     missing = tmp_path / "nowhere" / f"{param}.pt"
     text = _fit_and_predict(name, {**spec.smoke, param: str(missing)}, contract_data, tmp_path)
-    shape = rf"{re.escape(name)}\.{param}: .*{re.escape(str(missing))}.* is not available \(.+\)\..* Supply a local copy with --set {re.escape(name)}\.{param}=PATH$"
+    # the deep baselines' pretrained parts also say that an empty value trains from random weights
+    random = rf"; --set {re.escape(name)}\.{param}= trains from random weights instead\."
+    shape = rf"{re.escape(name)}\.{param}: .*{re.escape(str(missing))}.* is not available \(.+\)\..* Supply a local copy with --set {re.escape(name)}\.{param}=PATH({random})?$"
     assert re.match(shape, text), text
+    assert text.endswith("trains from random weights instead.") == (name in ("dbcnn", "hypernet", "resnet50")), text
 
 
 @pytest.mark.parametrize("name,param,value,filename,source", HUB_WEIGHTS)
