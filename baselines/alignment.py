@@ -1,25 +1,32 @@
-"""What the zero-shot alignment scorers (CLIPScore, HPS, PickScore) share.
+"""What the zero-shot alignment scorers (CLIPScore, HPS, PickScore, ImageReward) share.
 
-Each of them maps an (image, prompt) pair to one number with a frozen
-two-tower model: encode the image, encode the prompt, compare.  The subclass
-says how (`load_model`, `score_batch`); this base class does the rest:
+Each of them maps an (image, prompt) pair to one number with a frozen model
+(two towers that encode the image and the prompt and compare them, or
+ImageReward's cross-attention reward model).  The subclass says how
+(`load_model`, `score_batch`); this base class does the rest:
 
 - Weights are checked before any work (`require_weights`): a missing file,
   or hub weights that are not cached while the hub is offline, raise
   `MethodUnavailable` naming the file and the ``--set <method>.<param>=PATH``
-  fix.  Checks never download.
+  fix (the one shape of `agiqa_bench.weights.unavailable`).  Checks never
+  download; `fetch_weights` then makes the files local (a download on first
+  use) before the score namespace, which holds their identity, is computed.
 - Every pair is scored once per run.  Scores live in the run's
   `FeatureCache` under a namespace made of the scorer's family name, its
   score version and everything the score depends on (weights identity,
   caption prefix, ...).  The cache key is the item id plus a digest of the
-  prompt (and, as for every cached feature, the image file's size and mtime),
-  so an edited prompt or image is rescored.  The runner builds a new method
+  prompt (`pair_id`; and, as for every cached feature, the image file's size
+  and mtime), so an edited prompt or image is rescored.  `pair_scores` scores
+  any (image, prompt) pairs, not only each item's own prompt (StairReward's
+  partial prompts).  The runner builds a new method
   object for every repeat; repeats only score the pairs not seen before.
 - Only the pairs missing from the cache reach the model, in batches of
   ``batch_size`` (prompts shared inside a batch are encoded once).  Scores are
   written to the cache every few batches, so a killed run keeps most of them.
 - The last loaded model stays in memory for the process (`_MODEL_MEMO`, one
-  model at a time), so the repeats of a run do not reload multi-GB weights.
+  model at a time, keyed by the `load_model` that built it and the weights
+  identity), so the repeats of a run do not reload multi-GB weights, and
+  scorers that share a loader (ImageReward, StairReward) share the model.
   Loading another scorer's model releases it.
 - Prompts longer than the text encoder's context are truncated by its
   tokenizer (the end of the text is dropped, the end-of-text token is kept in
@@ -35,21 +42,18 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from agiqa_bench.clip import image_transform as clip_image_transform
-from agiqa_bench.clip import open_clip_identity, tokenizer_for
-from agiqa_bench.weights import file_identity
+from agiqa_bench.clip import tokenizer_for
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method
 from agiqa_bench.records import Item
 
-#: OpenAI CLIP's normalisation (also used by open_clip's OpenAI/LAION weights and HPS).
 #: How many batches are scored between two cache writes.
 SAVE_EVERY_BATCHES = 8
 
@@ -114,7 +118,8 @@ class AlignmentScorer(Method):
 
     Subclasses set `family` and `score_version`, and implement `weights_problem`,
     `weights_identity`, `load_model`, `score_batch`, `token_counts` and
-    `context_length`; `captions` maps prompts to the text actually encoded.
+    `context_length`; `captions` maps prompts to the text actually encoded,
+    `fetch_weights` makes weights files local before scoring.
     """
 
     params: ClassVar[dict[str, Any]] = {"batch_size": 16}
@@ -138,6 +143,10 @@ class AlignmentScorer(Method):
     def weights_identity(self) -> dict[str, Any]:
         """What the scores depend on besides the pair (weights, model, scoring parameters)."""
         raise NotImplementedError
+
+    def fetch_weights(self) -> None:
+        """Make the weights files local (downloaded and cached on first use) so that `weights_identity`
+        counts them; called before scoring.  Default: nothing (the model's loader fetches its own)."""
 
     def load_model(self) -> Any:
         raise NotImplementedError
@@ -165,7 +174,9 @@ class AlignmentScorer(Method):
 
     @property
     def model(self) -> Any:
-        key = {"class": type(self).__qualname__, **self.weights_identity(), "device": self.context.device}
+        loader = type(self).load_model
+        key = {"loader": f"{loader.__module__}.{loader.__qualname__}", **self.weights_identity(),
+               "device": self.context.device}
         return memo_model(key, self.load_model)
 
     def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:
@@ -175,11 +186,23 @@ class AlignmentScorer(Method):
     def namespace(self) -> str:
         return namespace_for(self.family, {"version": self.score_version, **self.weights_identity()})
 
+    def pair_id(self, item: Item, prompt: str) -> str:
+        """The cache key of a pair (besides the image file's size and mtime)."""
+        return f"{item.id}#{prompt_digest(prompt)}"
+
     def predict(self, items: Sequence[Item]) -> np.ndarray:
+        scores = self.pair_scores([(it, it.prompt) for it in items])
+        if items:
+            self._count_truncated(items)
+        return scores
+
+    def pair_scores(self, pairs: Sequence[tuple[Item, str]]) -> np.ndarray:
+        """The score of each (item's image, prompt) pair: cached ones read, the rest computed in batches."""
         self.require_weights()
-        if not items:
+        if not pairs:
             return np.zeros(0, dtype=np.float64)
-        keyed = [dataclasses.replace(it, id=f"{it.id}#{prompt_digest(it.prompt)}") for it in items]
+        self.fetch_weights()
+        keyed = [dataclasses.replace(it, id=self.pair_id(it, prompt), prompt=prompt) for it, prompt in pairs]
         root = self.context.cache_dir / "features" if self.context.cache_dir else None
         cache = FeatureCache(root)
         namespace = self.namespace()
@@ -197,7 +220,6 @@ class AlignmentScorer(Method):
                     values = np.asarray(values, dtype=np.float64).ravel()
                     scores.update(zip((it.id for it in batch), values, strict=True))
                 cache.get(namespace, part, lambda it, done=scores: np.array([done[it.id]]))
-        self._count_truncated(items)
         return cache.get(namespace, keyed, _not_cached)[:, 0].astype(np.float64)
 
     @staticmethod

@@ -8,7 +8,6 @@ when a model is loaded, so that reading the spec loads no model library.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -34,7 +33,6 @@ from transformers import (
 from agiqa_bench.clip import CLIP_MEAN, CLIP_STD
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import open_image
-from agiqa_bench.weights import identity
 
 if TYPE_CHECKING:
     from baselines.imagereward import Files
@@ -277,6 +275,14 @@ class BlipTokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def count(self, prompts: Sequence[str]) -> list[int]:
+        """Ids per prompt before truncation and padding ([CLS] and [SEP] included)."""
+        if getattr(self, "_counter", None) is None:
+            self._counter = Tokenizer.from_str(self._tok.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
+        return [len(e.ids) for e in self._counter.encode_batch([str(p) for p in prompts])]
+
     def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(input_ids, attention_mask), both int64 of shape (len(prompts), max_length)."""
         encs = self._tok.encode_batch([str(p) for p in prompts])
@@ -383,15 +389,18 @@ def read_med_config(path: Path) -> dict:
     return med
 
 
-@functools.lru_cache(maxsize=1)
-def _load_scorer_cached(checkpoint: str, med_config: str, vocab: str, device: str, fix: str, _stamp: str) -> Scorer:
-    med = read_med_config(Path(med_config))
-    return load_scorer_from(load_official_state_dict(Path(checkpoint)), med, Path(vocab), device,
-                            source=checkpoint, fix=fix)
+def _vocab_fix(method: str) -> str:
+    return f"Pass the right file with --set {method}.tokenizer_vocab=PATH"
 
 
 def load_scorer(files: Files, device: str = "cpu", method: str = "imagereward") -> Scorer:
-    """The model for these files; the last one stays loaded for the next call with the same files."""
-    stamp = "|".join(identity(p) for p in (files.checkpoint, files.med_config, files.vocab))
-    fix = f"Pass the right file with --set {method}.tokenizer_vocab=PATH"
-    return _load_scorer_cached(str(files.checkpoint), str(files.med_config), str(files.vocab), device, fix, stamp)
+    """The model for these files (`baselines.alignment` keeps the last one loaded between repeats)."""
+    med = read_med_config(files.med_config)
+    return load_scorer_from(load_official_state_dict(files.checkpoint), med, files.vocab, device,
+                            source=str(files.checkpoint), fix=_vocab_fix(method))
+
+
+def load_tokenizer(files: Files, method: str = "imagereward") -> BlipTokenizer:
+    """The tokenizer alone (no weights read), sized by the text config as `load_scorer` sizes it."""
+    rows = int(read_med_config(files.med_config)["vocab_size"])
+    return BlipTokenizer(files.vocab, expected_size=rows, fix=_vocab_fix(method))

@@ -92,11 +92,11 @@ from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.records import Item
 from agiqa_bench.training import TrainConfig, fit_regressor, normalise
-from baselines.alignment import open_clip_identity
 from agiqa_bench.clip import (
     clip_weights,
     clip_weights_problem,
     load_clip,
+    open_clip_identity,
     tokenizer_for,
 )
 

@@ -50,8 +50,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agiqa_bench.errors import ConfigError
-from baselines.alignment import OpenCLIPScorer, open_clip_identity
-from agiqa_bench.clip import clip_weights, clip_weights_problem
+from baselines.alignment import OpenCLIPScorer
+from agiqa_bench.clip import clip_weights, clip_weights_problem, open_clip_identity
 from agiqa_bench.method import MethodSpec
 
 SPEC = MethodSpec(
@@ -113,6 +113,13 @@ class CLIPScore(OpenCLIPScorer):
     def weights_identity(self) -> dict[str, Any]:
         return {**open_clip_identity(self.config["clip_model"], self.config["pretrained"], self.context.seed),
                 "prefix": str(self.config["prefix"]), "w": float(self.config["w"])}
+
+    def fetch_weights(self) -> None:
+        from agiqa_bench.weights import is_hub_file, resolve
+
+        if is_hub_file(self.config["pretrained"]):  # open_clip's own tags are fetched by open_clip
+            resolve(self.config["pretrained"], method=self.spec.name, param="pretrained",
+                    what=f"CLIP weights for {self.config['clip_model']!r}")
 
     def load_model(self):
         import torch

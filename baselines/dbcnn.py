@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from agiqa_bench.training import TrainConfig
 from baselines.deep import (
-    SCNN_PYIQA,
+    IMAGENET_VGG16,
+    PYIQA_SCNN,
     TRAIN_PARAMS,
-    VGG16_IMAGENET,
     DeepIQAMethod,
 )
 from agiqa_bench.method import MethodSpec, Weights
@@ -88,7 +88,7 @@ class DBCNNMethod(DeepIQAMethod):
         # stage 2: everything
         "epochs": 50, "optimizer": "adam", "lr": 1e-5, "weight_decay": 5e-4, "eval_batch_size": 16,
     }
-    weight_params: ClassVar[dict] = {"backbone_weights": VGG16_IMAGENET, "scnn_weights": SCNN_PYIQA}
+    weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_VGG16, "scnn_weights": PYIQA_SCNN}
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:
         from baselines.archs.dbcnn import DBCNNNet

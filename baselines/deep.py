@@ -16,7 +16,8 @@
   tag (`imagenet`, `pyiqa`: downloaded the normal way into the torch hub cache
   and reused from there), a local file, or "" for random weights.  A missing
   file raises `MethodUnavailable` at the start of `fit`, naming the file and
-  the `--set method.param=PATH` fix.  With `HF_HUB_OFFLINE=1` (or
+  the `--set method.param=PATH` fix, and that `--set method.param=` trains
+  from random weights instead.  With `HF_HUB_OFFLINE=1` (or
   `AGIQA_BENCH_OFFLINE=1`) nothing is downloaded: a file not in the cache is
   reported missing at once.
 
@@ -27,9 +28,9 @@ checks that `agiqa-bench methods` calls stay cheap.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -46,70 +47,49 @@ from agiqa_bench.training import (
 )
 
 
-
-@dataclass(frozen=True)
-class WeightSource:
-    """A downloadable weights file: `tag` names it in a method parameter; fetched by `agiqa_bench.weights`."""
-
-    tag: str
-    source: Source
-
-    @property
-    def what(self) -> str:
-        return self.source.what
-
-    @property
-    def filename(self) -> str:
-        return self.source.filename
-
-    @property
-    def url(self) -> str:
-        return self.source.url
-
-    def cache_path(self) -> Path:
-        return self.source.cache_path()
-
-    def resolve(self, value: Any, method: str, param: str, *, download: bool = True) -> Path:
-        """The local file of a parameter value (the tag or a path); `WeightsUnavailable` otherwise."""
-        return resolve(value, method=method, param=param, sources={self.tag: self.source}, what=self.what,
-                       download=download)
-
-
 #: torchvision's ImageNet weights (the files `resnet50(weights="IMAGENET1K_V1")` and `vgg16(weights=...)` fetch).
-RESNET50_IMAGENET = WeightSource("imagenet", Source("ImageNet ResNet-50 (torchvision ResNet50_Weights.IMAGENET1K_V1)",
-                                                    url="https://download.pytorch.org/models/resnet50-0676ba61.pth"))
-VGG16_IMAGENET = WeightSource("imagenet", Source("ImageNet VGG-16 (torchvision VGG16_Weights.IMAGENET1K_V1)",
-                                                 url="https://download.pytorch.org/models/vgg16-397923af.pth"))
+RESNET50_IMAGENET = Source("ImageNet ResNet-50 (torchvision ResNet50_Weights.IMAGENET1K_V1)",
+                           url="https://download.pytorch.org/models/resnet50-0676ba61.pth")
+VGG16_IMAGENET = Source("ImageNet VGG-16 (torchvision VGG16_Weights.IMAGENET1K_V1)",
+                        url="https://download.pytorch.org/models/vgg16-397923af.pth")
 #: DBCNN's S-CNN, pretrained on synthetic distortions (the official scnn.pkl, as re-hosted by pyiqa).
-SCNN_PYIQA = WeightSource("pyiqa", Source(
-    "DBCNN's SCNN branch pretrained on synthetic distortions (pyiqa DBCNN_scnn-7ea73d75.pth)",
-    url="https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DBCNN_scnn-7ea73d75.pth",
-    cache_folder="pyiqa"))
+SCNN_PYIQA = Source("DBCNN's SCNN branch pretrained on synthetic distortions (as re-hosted by pyiqa)",
+                    url="https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DBCNN_scnn-7ea73d75.pth",
+                    cache_folder="pyiqa")
+#: The tag that names each of them in a method parameter (`backbone_weights=imagenet`, `scnn_weights=pyiqa`).
+IMAGENET_RESNET50 = {"imagenet": RESNET50_IMAGENET}
+IMAGENET_VGG16 = {"imagenet": VGG16_IMAGENET}
+PYIQA_SCNN = {"pyiqa": SCNN_PYIQA}
 
 
-def weights_available(value: Any, source: WeightSource) -> bool:
+def weights_available(value: Any, sources: Mapping[str, Source]) -> bool:
     """True when a parameter's weights are here: random init, a cached tag, or an existing file.
 
     False for a tag that is not cached yet: with internet it is downloaded on first use.
     """
-    return available(value, sources={source.tag: source.source})
+    return available(value, sources=sources)
 
 
 # "module:function" checks for the registry (`Weights.check`): they take the method's params.
 def resnet50_available(params: dict) -> bool:
-    return weights_available(params.get("backbone_weights", ""), RESNET50_IMAGENET)
+    return weights_available(params.get("backbone_weights", ""), IMAGENET_RESNET50)
 
 
 def vgg16_available(params: dict) -> bool:
-    return weights_available(params.get("backbone_weights", "imagenet"), VGG16_IMAGENET)
+    return weights_available(params.get("backbone_weights", "imagenet"), IMAGENET_VGG16)
 
 
 def scnn_available(params: dict) -> bool:
-    return weights_available(params.get("scnn_weights", "pyiqa"), SCNN_PYIQA)
+    return weights_available(params.get("scnn_weights", "pyiqa"), PYIQA_SCNN)
 
 
-def load_state_dict(value: Any, source: WeightSource, method: str, param: str) -> dict | None:
-    """A state dict for a parameter's value (tag, file or random), or None for random weights.
+def random_weights_hint(method: str, param: str) -> str:
+    """The other way out of a missing pretrained file, appended to the one-shaped weights message."""
+    return f"--set {method}.{param}= trains from random weights instead."
+
+
+def load_state_dict(value: Any, sources: Mapping[str, Source], method: str, param: str) -> dict | None:
+    """A state dict for a parameter's value (its tag in `sources`, a file, or random), or None for random weights.
 
     A file that is missing (or a tag not cached offline) raises the resolver's `WeightsUnavailable`.
     """
@@ -117,17 +97,19 @@ def load_state_dict(value: Any, source: WeightSource, method: str, param: str) -
 
     if is_random(value):
         return None
-    path = source.resolve(value, method, param)
+    what = " or ".join(s.what for s in sources.values()) or "the pretrained weights"
+    path = resolve(value, method=method, param=param, sources=sources, what=what,
+                   hint=random_weights_hint(method, param))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise MethodUnavailable(f"{method}.{param}: cannot read {path} as a torch state dict "
-                                f"({type(exc).__name__}: {str(exc)[:200]}); give {source.what}") from None
+                                f"({type(exc).__name__}: {str(exc)[:200]}); give {what}") from None
     for key in ("state_dict", "params", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise MethodUnavailable(f"{method}.{param}: {path} holds no state dict; give {source.what}")
+        raise MethodUnavailable(f"{method}.{param}: {path} holds no state dict; give {what}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -206,7 +188,7 @@ class DeepIQAMethod(TorchRegressor):
     """A torch regression model trained by `fit_regressor`; subclasses implement `build`.
 
     Subclass hooks:
-    - `weight_params`: parameter name -> `WeightSource` of each pretrained part;
+    - `weight_params`: parameter name -> {tag: `weights.Source`} of each pretrained part;
     - `build(num_outputs, weights)`: the model, from the loaded state dicts;
     - `is_head(name)`: parameters trained at lr x `head_lr_scale`;
     - `train_model`: one `fit_regressor` call by default (DBCNN has two stages);
@@ -214,7 +196,7 @@ class DeepIQAMethod(TorchRegressor):
     """
 
     params: ClassVar[dict[str, Any]] = dict(TRAIN_PARAMS)
-    weight_params: ClassVar[dict[str, WeightSource]] = {}
+    weight_params: ClassVar[dict[str, Mapping[str, Source]]] = {}
     #: `lr_schedule` values the subclass implements through `lr_at` (the loop itself then runs "constant").
     custom_schedules: ClassVar[tuple[str, ...]] = ()
     mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
@@ -259,8 +241,8 @@ class DeepIQAMethod(TorchRegressor):
 
     def load_weights(self) -> dict[str, dict | None]:
         """Every pretrained part's state dict (None: random); MethodUnavailable when a file is missing."""
-        return {param: load_state_dict(self.config[param], source, self.spec.name, param)
-                for param, source in self.weight_params.items()}
+        return {param: load_state_dict(self.config[param], sources, self.spec.name, param)
+                for param, sources in self.weight_params.items()}
 
     def param_groups(self, cfg: TrainConfig, names: Callable[[str], bool] | None = None) -> list[dict]:
         """[backbone, head] groups of the trainable parameters (those `names` selects, default all)."""

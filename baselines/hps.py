@@ -22,8 +22,8 @@ Versions (variants of the one `hps` spec; `hps` alone is `hps.v2_1`):
 - ``hps.v2_1`` (alias ``hps``): ``HPS_v2.1_compressed.pt``, the default of
   current hpsv2 releases.  ``hps.v2``: ``HPS_v2_compressed.pt`` (hpsv2's
   ``hps_version="v2.0"``).  Both from the Hugging Face repo ``xswu/HPSv2``
-  (``checkpoint="hf://xswu/HPSv2/<file>"``, fetched and cached by
-  huggingface_hub), or a local file.  Architecture: open_clip ``ViT-H-14``.
+  (``checkpoint="hf-hub:xswu/HPSv2/<file>"``, fetched and cached by
+  `agiqa_bench.weights`), or a local file.  Architecture: open_clip ``ViT-H-14``.
   The file is a dict whose ``"state_dict"`` holds the complete model, which
   hpsv2 loads (strictly) over ViT-H-14 ``laion2B-s32B-b79K``; as the state
   dict replaces every weight, the LAION base weights are not needed and not
@@ -62,10 +62,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from agiqa_bench.hub import offline
-from agiqa_bench.weights import file_identity, hf_cached as hub_cached
-from baselines.alignment import OpenCLIPScorer
 from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.weights import Source, available, file_identity, problem, resolve, unavailable
+from baselines.alignment import OpenCLIPScorer
 
 #: This method's registry entry: one spec, the HPS versions as variants (`hps` = `hps.v2_1`), each with its
 #: own checkpoint entry (registered through the `agiqa_bench.methods` entry points).
@@ -79,17 +78,17 @@ SPEC = MethodSpec(
             "ViT-L/14 on Discord preference data (hpc.pth).",
     inputs=("image", "prompt"),
     variants={
-        "v2_1": {"hps_version": "v2.1", "checkpoint": "hf://xswu/HPSv2/HPS_v2.1_compressed.pt"},
-        "v2": {"hps_version": "v2.0", "checkpoint": "hf://xswu/HPSv2/HPS_v2_compressed.pt"},
+        "v2_1": {"hps_version": "v2.1", "checkpoint": "hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt"},
+        "v2": {"hps_version": "v2.0", "checkpoint": "hf-hub:xswu/HPSv2/HPS_v2_compressed.pt"},
         "v1": {"hps_version": "v1", "clip_model": "ViT-L-14-quickgelu", "checkpoint": ""},
     },
     canonical_variant="v2_1",
-    weights=(Weights("HPS v2.1 checkpoint HPS_v2.1_compressed.pt (HF xswu/HPSv2)", "checkpoint",
-                     "downloaded by huggingface_hub on first use; offline, pass the file with "
+    weights=(Weights("HPS v2.1 checkpoint hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt", "checkpoint",
+                     "downloaded from the Hugging Face hub on first use; offline, pass the file with "
                      "--set hps.v2_1.checkpoint=PATH", check="baselines.hps:checkpoint_available",
                      variants=("v2_1",)),
-             Weights("HPS v2 checkpoint HPS_v2_compressed.pt (HF xswu/HPSv2)", "checkpoint",
-                     "downloaded by huggingface_hub on first use; offline, pass the file with "
+             Weights("HPS v2 checkpoint hf-hub:xswu/HPSv2/HPS_v2_compressed.pt", "checkpoint",
+                     "downloaded from the Hugging Face hub on first use; offline, pass the file with "
                      "--set hps.v2.checkpoint=PATH", check="baselines.hps:checkpoint_available",
                      variants=("v2",)),
              Weights("HPS v1 checkpoint hpc.pth (OneDrive link in the tgxs002/align_sd README; on no hub)",
@@ -105,60 +104,58 @@ SPEC = MethodSpec(
 HPS_REPO = "xswu/HPSv2"
 HPS_V2_FILE = "HPS_v2_compressed.pt"
 HPS_V21_FILE = "HPS_v2.1_compressed.pt"
-HUB_SCHEME = "hf://"
 HPS_VERSIONS = ("v2.1", "v2.0", "v1")
 ALIGN_SD_README = "https://github.com/tgxs002/align_sd#human-preference-classifier"
 SYNTH_TAG = "agiqa-synth"
-
-
-def parse_hub(value: str) -> tuple[str, str]:
-    """'hf://owner/repo/file.pt' -> ('owner/repo', 'file.pt')."""
-    parts = value[len(HUB_SCHEME):].strip("/").split("/")
-    if len(parts) < 3:
-        raise ConfigError(f"hub checkpoint {value!r} must look like hf://owner/repo/filename")
-    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def _fix(method: str) -> str:
     return f"--set {method}.checkpoint=PATH"
 
 
+def checkpoint_sources(params: dict[str, Any]) -> dict[str, Source]:
+    """The tag `checkpoint` takes besides files: `agiqa-synth`, the shipped synthetic CLIP of `clip_model`."""
+    from agiqa_bench.clip import synth_checkpoint
+
+    model = str(params.get("clip_model", ""))
+    return {SYNTH_TAG: Source(f"the built-in synthetic CLIP for {model!r} (not an HPS model)",
+                              shipped=synth_checkpoint(model))}
+
+
+def _what(version: str) -> str:
+    return f"the HPS {version} checkpoint" if version else "the HPS checkpoint"
+
+
+def _no_checkpoint(method: str, version: str):
+    if version == "v1":
+        return unavailable(method, "checkpoint", "the HPS v1 checkpoint hpc.pth",
+                           "it is on no model hub and is not downloaded automatically: download it by hand from the "
+                           "OneDrive link in the tgxs002/align_sd README", ALIGN_SD_README)
+    return unavailable(method, "checkpoint", _what(version), "none given")
+
+
+def checkpoint_file(params: dict[str, Any], method: str, version: str, *, download: bool = True) -> Path:
+    """The local checkpoint file: a path, the shipped tag, or a hub file (fetched and cached on first use
+    unless download=False).  Raises `WeightsUnavailable` (the one message shape)."""
+    value = str(params.get("checkpoint", "")).strip()
+    if not value:
+        raise _no_checkpoint(method, version)
+    return resolve(value, method=method, param="checkpoint", sources=checkpoint_sources(params), what=_what(version),
+                   download=download)
+
+
 def checkpoint_problem(params: dict[str, Any], method: str, version: str) -> str | None:
     """Why the HPS checkpoint cannot be used here (None: it is here, or will be downloaded). Never downloads."""
     value = str(params.get("checkpoint", "")).strip()
     if not value:
-        if version == "v1":
-            return (f"{method}: the HPS v1 checkpoint hpc.pth is not on any model hub and cannot be downloaded "
-                    f"automatically. Download it from the OneDrive link in the tgxs002/align_sd README "
-                    f"({ALIGN_SD_README}) and pass it with --set {method}.checkpoint=/path/to/hpc.pth")
-        return f"{method}: no checkpoint given; pass the HPS file with {_fix(method)}"
-    if value == SYNTH_TAG:
-        from agiqa_bench.clip import WEIGHTS_DIR
-
-        path = WEIGHTS_DIR / f"{params.get('clip_model', '')}-synth.pt"
-        return None if path.is_file() else (
-            f"{method}: no built-in synthetic CLIP for {params.get('clip_model')!r} ({path} is missing)")
-    if value.startswith(HUB_SCHEME):
-        repo, filename = parse_hub(value)
-        if hub_cached(repo, filename) or not offline():
-            return None
-        return (f"{method}: the HPS checkpoint {filename} (Hugging Face repo {repo}) is not in the local cache and "
-                f"the hub is offline (HF_HUB_OFFLINE). Download it elsewhere (https://huggingface.co/{repo}) and "
-                f"pass the file with {_fix(method)}")
-    path = Path(value).expanduser()
-    if path.is_file():
-        return None
-    return f"{method}: HPS checkpoint file not found: {path}. Pass the right file with {_fix(method)}"
+        return str(_no_checkpoint(method, version))
+    return problem(value, method=method, param="checkpoint", sources=checkpoint_sources(params), what=_what(version))
 
 
 def checkpoint_available(params: dict[str, Any]) -> bool:
     """For `agiqa-bench methods`: is the checkpoint here (a file, or already in the hub cache)? Never downloads."""
     value = str(params.get("checkpoint", "")).strip()
-    if not value:
-        return False
-    if value.startswith(HUB_SCHEME):
-        return hub_cached(*parse_hub(value)) is not None
-    return checkpoint_problem(params, "hps", "") is None
+    return bool(value) and available(value, sources=checkpoint_sources(params))
 
 
 def read_state_dict(path: str | Path, method: str) -> dict:
@@ -215,7 +212,7 @@ class HPS(OpenCLIPScorer):
     params: ClassVar[dict[str, Any]] = {
         "hps_version": "v2.1",  # v2.1 | v2.0 | v1 (the variants set it with its checkpoint)
         "clip_model": "ViT-H-14",
-        "checkpoint": f"{HUB_SCHEME}{HPS_REPO}/{HPS_V21_FILE}",
+        "checkpoint": f"hf-hub:{HPS_REPO}/{HPS_V21_FILE}",
         "batch_size": 16,
     }
     family: ClassVar[str] = "hps"
@@ -238,35 +235,22 @@ class HPS(OpenCLIPScorer):
     def weights_problem(self) -> str | None:
         return checkpoint_problem(self.config, self.name, self.hps_version)
 
-    def checkpoint_path(self) -> str:
-        """A local file for the checkpoint (downloads and caches a hub file on first use)."""
-        value = str(self.config["checkpoint"]).strip()
-        if value == SYNTH_TAG:
-            from agiqa_bench.clip import WEIGHTS_DIR
+    def checkpoint_path(self, *, download: bool = True) -> Path:
+        """The checkpoint as a local file (a hub file is downloaded and cached on first use)."""
+        return checkpoint_file(self.config, self.name, self.hps_version, download=download)
 
-            return str(WEIGHTS_DIR / f"{self.config['clip_model']}-synth.pt")
-        if not value.startswith(HUB_SCHEME):
-            return str(Path(value).expanduser())
-        repo, filename = parse_hub(value)
-        cached = hub_cached(repo, filename)
-        if cached:
-            return cached
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return hf_hub_download(repo, filename)
-        except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
-            raise MethodUnavailable(
-                f"{self.name}: could not download {filename} from the Hugging Face repo {repo} "
-                f"({type(exc).__name__}). Download it elsewhere (https://huggingface.co/{repo}) and pass the "
-                f"file with {_fix(self.name)}") from None
+    def fetch_weights(self) -> None:
+        self.checkpoint_path()
 
     def weights_identity(self) -> dict[str, Any]:
-        value = str(self.config["checkpoint"]).strip()
+        """Version, architecture, the checkpoint reference and the identity of its local file (a hub file's
+        once it is in the cache)."""
         ident: dict[str, Any] = {"hps_version": self.hps_version, "clip_model": self.config["clip_model"],
-                                 "checkpoint": value, "resize_on": self.resize_on}
-        if not value.startswith(HUB_SCHEME):
-            ident["file"] = file_identity(self.checkpoint_path())
+                                 "checkpoint": str(self.config["checkpoint"]).strip(), "resize_on": self.resize_on}
+        try:
+            ident["file"] = file_identity(self.checkpoint_path(download=False))
+        except MethodUnavailable:
+            pass  # missing, or a hub file not fetched yet
         return ident
 
     def load_model(self):

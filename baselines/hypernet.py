@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.training import TrainConfig
-from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod
+from baselines.deep import IMAGENET_RESNET50, TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec, Weights
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class HyperIQAMethod(DeepIQAMethod):
         "weight_decay": 5e-4, "loss": "l1", "lr_schedule": "hyperiqa", "reset_optimizer": True,
         "eval_batch_size": 100,
     }
-    weight_params: ClassVar[dict] = {"backbone_weights": RESNET50_IMAGENET}
+    weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_RESNET50}
     custom_schedules: ClassVar[tuple[str, ...]] = ("hyperiqa",)
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:

@@ -30,8 +30,12 @@ The score of an (image, prompt) pair, as the official `ImageReward.score`:
    standardisation.  Higher = preferred.
 
 Weights: `ImageReward.pt` + `med_config.json` from the Hugging Face hub repo
-THUDM/ImageReward (downloaded and cached the usual way by huggingface_hub) or
-local files, and bert-base-uncased's `vocab.txt`.  The official state dict is
+THUDM/ImageReward (`hf-hub:THUDM/ImageReward/ImageReward.pt`, fetched and
+cached by `agiqa_bench.weights`) or local files, and bert-base-uncased's
+`vocab.txt`.  Each of the three parameters takes the file or the folder
+holding it (a local folder, or a whole hub repository `hf-hub:owner/repo`);
+`med_config` defaults to the file next to the checkpoint, `tokenizer_vocab`
+to a `vocab.txt` next to a local checkpoint, else bert-base-uncased's.  The official state dict is
 mapped key by key onto `BlipVisionModel` + `BlipTextModel` + `RewardMLP`
 (`OFFICIAL_TO_OURS`, `IGNORED_OFFICIAL_KEYS`); the vision architecture is read
 off the tensors (width, depth, patch and image size; 64-wide heads as in
@@ -44,10 +48,14 @@ Deviations: none in the computation.  The tokenizer is built with the
 API differs between versions and, offline, can silently load a 5-token
 vocabulary); the parity test checks its ids against the official tokenizer.
 
-Every (image, prompt) score is cached on disk per model configuration
-(`FeatureCache`), so the repeats of a run, and StairReward's full-prompt
-step, cost one forward pass per pair.  A zero-shot method: the same score is
-predicted for every target.
+The method is an `AlignmentScorer` (`baselines.alignment`): weights checked
+before any work, every (image, prompt) score cached on disk per model
+configuration (`FeatureCache`), so the repeats of a run, and StairReward's
+full-prompt step, cost one forward pass per pair, the model kept loaded
+between repeats, and prompts over the 35-token context counted and warned
+about.  Each pair is one forward pass, as the official `ImageReward.score`
+(`batch_size` only sets how many pairs go between two cache writes).  A
+zero-shot method: the same score is predicted for every target.
 """
 
 from __future__ import annotations
@@ -59,12 +67,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.cache import FeatureCache, namespace_for
+from agiqa_bench.cache import namespace_for
 from agiqa_bench.errors import MethodUnavailable
-from agiqa_bench.hub import offline
-from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.method import MethodSpec, Weights
 from agiqa_bench.records import Item
-from agiqa_bench.weights import identity
+from agiqa_bench.weights import Source, identity, in_folder, is_hub, next_to, problem, resolve
+from baselines.alignment import AlignmentScorer
 
 SPEC = MethodSpec(
     name="imagereward",
@@ -76,8 +84,9 @@ SPEC = MethodSpec(
     inputs=("image", "prompt"),
     weights=(Weights("ImageReward v1.0 (ImageReward.pt + med_config.json) and bert-base-uncased vocab.txt",
                      "checkpoint",
-                     "downloaded from the Hugging Face hub (THUDM/ImageReward, google-bert/bert-base-uncased) "
-                     "on first use; offline, pass local files with --set imagereward.checkpoint=PATH "
+                     "downloaded from the Hugging Face hub (hf-hub:THUDM/ImageReward/ImageReward.pt, "
+                     "hf-hub:google-bert/bert-base-uncased/vocab.txt) on first use; offline, pass local files "
+                     "with --set imagereward.checkpoint=PATH "
                      "(ImageReward.pt or its folder) and --set imagereward.tokenizer_vocab=PATH",
                      check="baselines.imagereward:weights_available"),),
     reference="Xu et al., NeurIPS 2023; code THUDM/ImageReward (image-reward 1.5), re-implemented on "
@@ -86,57 +95,34 @@ SPEC = MethodSpec(
     default_run=False,  # needs the 1.7 GB ImageReward weights (not available offline / on synthetic)
 )
 
-HUB_PREFIX = "hf-hub:"
-DEFAULT_CHECKPOINT = "hf-hub:THUDM/ImageReward"
+DEFAULT_CHECKPOINT = "hf-hub:THUDM/ImageReward/ImageReward.pt"
 CHECKPOINT_FILE = "ImageReward.pt"
 MED_CONFIG_FILE = "med_config.json"
 VOCAB_FILE = "vocab.txt"
-#: Where bert-base-uncased's vocab.txt is fetched from (the official code asks for "bert-base-uncased",
-#: the hub's older name of the same repository; both cache folders are looked up).
-DEFAULT_VOCAB_REPOS = ("google-bert/bert-base-uncased", "bert-base-uncased")
 #: Built-in smoke configuration: a tiny checkpoint in the official layout with RANDOM weights
 #: (baselines/weights/imagereward-smoke/, see its README).  Its scores mean nothing; it exists
 #: so the contract tests can build and run the method offline in a second.
 SMOKE_TAG = "agiqa-smoke"
+#: The default `tokenizer_vocab` when no vocab.txt lies next to a local checkpoint.
+BERT_VOCAB_TAG = "bert-base-uncased"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Bump when the computation changes, so cached scores are recomputed.
 SCORE_VERSION = 1
 
 # -- weights files -----------------------------------------------------------------------------
-def _cached(repo: str, filename: str) -> Path | None:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo, filename)
-    except Exception:
-        return None
-    return Path(found) if isinstance(found, str) else None
-
-
-def _hub_file(repos: Sequence[str], filename: str, what: str, fix: str, download: bool) -> Path | None:
-    """A hub file from the local cache, else downloaded (download=True), else MethodUnavailable."""
-    for repo in repos:
-        found = _cached(repo, filename)
-        if found is not None:
-            return found
-    url = f"https://huggingface.co/{repos[0]}/blob/main/{filename}"
-    if not download:
-        return None
-    if offline():
-        raise MethodUnavailable(
-            f"{what}: {filename} from the Hugging Face hub repo {repos[0]} is not in the local cache and the hub is "
-            f"offline (HF_HUB_OFFLINE). Download it elsewhere ({url}) and pass the file with {fix}"
-        )
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repos[0], filename))
-    except Exception as exc:  # hub errors come in many types; all mean "not downloadable here"
-        first = " ".join(str(exc).split())[:200]
-        raise MethodUnavailable(
-            f"{what}: could not download {filename} from the Hugging Face hub repo {repos[0]} "
-            f"({type(exc).__name__}: {first}). Download it elsewhere ({url}) and pass the file with {fix}"
-        ) from None
+#: The tags each file parameter takes (resolved by `agiqa_bench.weights`, like every weights file).
+SOURCES: dict[str, dict[str, Source]] = {
+    "checkpoint": {SMOKE_TAG: Source("the tiny random ImageReward smoke checkpoint",
+                                     shipped=WEIGHTS_DIR / "imagereward-smoke" / CHECKPOINT_FILE)},
+    "med_config": {},
+    # the official code asks for "bert-base-uncased", the hub's older name of the same repository: its cache
+    # folder is looked up too
+    "tokenizer_vocab": {BERT_VOCAB_TAG: Source("bert-base-uncased's vocabulary",
+                                               hf=f"google-bert/bert-base-uncased/{VOCAB_FILE}",
+                                               hf_also=(("bert-base-uncased", VOCAB_FILE),))},
+}
+WHAT = {"checkpoint": "the ImageReward weights", "med_config": "ImageReward's text config",
+        "tokenizer_vocab": "ImageReward's tokenizer vocabulary"}
 
 
 @dataclass(frozen=True)
@@ -151,79 +137,48 @@ class Files:
                 "vocab": identity(self.vocab)}
 
 
-def _local(value: str) -> Path:
-    return Path(value).expanduser()
+def file_refs(params: Mapping[str, Any]) -> dict[str, str]:
+    """The reference of each file a configuration reads, by parameter; nothing is resolved or downloaded."""
+    checkpoint = in_folder(str(params.get("checkpoint") or DEFAULT_CHECKPOINT).strip(), CHECKPOINT_FILE)
+    beside = str(SOURCES["checkpoint"][SMOKE_TAG].shipped) if checkpoint == SMOKE_TAG else checkpoint
+    med_config = str(params.get("med_config") or "").strip()
+    vocab = str(params.get("tokenizer_vocab") or "").strip()
+    if vocab:
+        vocab = in_folder(vocab, VOCAB_FILE)
+    elif not is_hub(beside) and Path(next_to(beside, VOCAB_FILE)).is_file():
+        vocab = next_to(beside, VOCAB_FILE)
+    else:
+        vocab = BERT_VOCAB_TAG
+    return {"checkpoint": checkpoint,
+            "med_config": in_folder(med_config, MED_CONFIG_FILE) if med_config else next_to(beside, MED_CONFIG_FILE),
+            "tokenizer_vocab": vocab}
 
 
-def resolve_files(params: Mapping[str, Any], method: str = "imagereward", *, download: bool = True) -> Files | None:
+def resolve_files(params: Mapping[str, Any], method: str = "imagereward", *, download: bool = True) -> Files:
     """The three files a configuration needs, from local paths, the hub cache or the hub.
 
-    Raises MethodUnavailable naming the missing file and the `--set` that fixes it.  With
-    download=False, returns None instead of downloading or raising for a hub file that is not
-    cached (a local file that does not exist still raises).
+    Raises `WeightsUnavailable` naming the missing file, its source and the `--set` that supplies it;
+    with download=False a hub file that is not cached raises it too (`weights.NotCached`).
     """
-    checkpoint = str(params.get("checkpoint") or DEFAULT_CHECKPOINT)
-    med_config = str(params.get("med_config") or "")
-    vocab = str(params.get("tokenizer_vocab") or "")
-    folder: Path | None = None
-    repo: str | None = None
-    if checkpoint == SMOKE_TAG:
-        folder = WEIGHTS_DIR / "imagereward-smoke"
-        ckpt_path: Path | None = folder / CHECKPOINT_FILE
-    elif checkpoint.startswith(HUB_PREFIX):
-        repo = checkpoint[len(HUB_PREFIX):].strip("/")
-        ckpt_path = _hub_file([repo], CHECKPOINT_FILE, "ImageReward weights",
-                              f"--set {method}.checkpoint=PATH (the file or its folder)", download)
-    else:
-        path = _local(checkpoint)
-        folder = path if path.is_dir() else path.parent
-        ckpt_path = path / CHECKPOINT_FILE if path.is_dir() else path
-    if ckpt_path is not None and not ckpt_path.is_file():
-        raise MethodUnavailable(
-            f"ImageReward weights file not found: {ckpt_path}. Download {CHECKPOINT_FILE} and {MED_CONFIG_FILE} "
-            f"from https://huggingface.co/THUDM/ImageReward and pass them with --set {method}.checkpoint=PATH "
-            f"(the file, or the folder holding both)"
-        )
+    paths = {param: resolve(ref, method=method, param=param, sources=SOURCES[param], what=WHAT[param],
+                            download=download) for param, ref in file_refs(params).items()}
+    return Files(paths["checkpoint"], paths["med_config"], paths["tokenizer_vocab"])
 
-    if med_config.startswith(HUB_PREFIX):
-        med_path = _hub_file([med_config[len(HUB_PREFIX):].strip("/")], MED_CONFIG_FILE, "ImageReward text config",
-                             f"--set {method}.med_config=PATH", download)
-    elif med_config:
-        med_path = _local(med_config)
-    elif repo is not None:
-        med_path = _hub_file([repo], MED_CONFIG_FILE, "ImageReward text config",
-                             f"--set {method}.med_config=PATH", download)
-    else:
-        med_path = folder / MED_CONFIG_FILE  # type: ignore[operator]
-    if med_path is not None and not med_path.is_file():
-        raise MethodUnavailable(
-            f"ImageReward text config not found: {med_path}. Download {MED_CONFIG_FILE} from "
-            f"https://huggingface.co/THUDM/ImageReward next to the checkpoint, or pass it with "
-            f"--set {method}.med_config=PATH"
-        )
 
-    vocab_fix = f"--set {method}.tokenizer_vocab=PATH (bert-base-uncased's vocab.txt)"
-    if vocab.startswith(HUB_PREFIX):
-        vocab_path = _hub_file([vocab[len(HUB_PREFIX):].strip("/")], VOCAB_FILE, "ImageReward tokenizer", vocab_fix,
-                               download)
-    elif vocab:
-        vocab_path = _local(vocab)
-    elif folder is not None and (folder / VOCAB_FILE).is_file():
-        vocab_path = folder / VOCAB_FILE
-    else:
-        vocab_path = _hub_file(DEFAULT_VOCAB_REPOS, VOCAB_FILE, "ImageReward tokenizer", vocab_fix, download)
-    if vocab_path is not None and not vocab_path.is_file():
-        raise MethodUnavailable(f"tokenizer vocabulary not found: {vocab_path}. Pass bert-base-uncased's vocab.txt "
-                                f"with {vocab_fix}")
-    if ckpt_path is None or med_path is None or vocab_path is None:
-        return None
-    return Files(ckpt_path, med_path, vocab_path)
+def files_problem(params: Mapping[str, Any], method: str = "imagereward") -> str | None:
+    """Why a file cannot be used here (None: all are here or will be downloaded). Never downloads."""
+    for param, ref in file_refs(params).items():
+        found = problem(ref, method=method, param=param, sources=SOURCES[param], what=WHAT[param])
+        if found:
+            return found
+    return None
 
 
 def weights_available(params: dict) -> bool | None:
     """For `agiqa-bench methods`: True when every file is local or cached, False when one is missing."""
     try:
-        return resolve_files(params, download=False) is not None
+        resolve_files(params, download=False)
+        return True
     except MethodUnavailable:
         return False
     except Exception:
@@ -231,52 +186,72 @@ def weights_available(params: dict) -> bool | None:
 
 
 # -- the method ---------------------------------------------------------------------------------
-class ImageReward(Method):
+class ImageReward(AlignmentScorer):
     """Zero-shot ImageReward score of each image against its prompt (higher = better aligned/preferred)."""
 
     params: ClassVar[dict[str, Any]] = {
-        # "hf-hub:OWNER/REPO" (ImageReward.pt there), a local ImageReward.pt, or a folder holding it
-        # (and med_config.json, optionally vocab.txt); "agiqa-smoke": the tiny random smoke checkpoint.
+        # "hf-hub:OWNER/REPO/ImageReward.pt", a local ImageReward.pt, or a folder holding it (and med_config.json,
+        # optionally vocab.txt; a whole hub repository counts as one); "agiqa-smoke": the tiny random smoke one.
         "checkpoint": DEFAULT_CHECKPOINT,
         "med_config": "",  # "": med_config.json next to the checkpoint (same hub repo or folder)
         "tokenizer_vocab": "",  # "": vocab.txt next to a local checkpoint, else bert-base-uncased's from the hub
+        "batch_size": 16,  # pairs between two cache writes (speed only; each pair is one forward pass)
     }
+    family: ClassVar[str] = "imagereward"
+
+    def __init__(self, spec, config=None, context=None, *, name=None):
+        super().__init__(spec, config, context, name=name)
+        self._tokenizer = None
+
+    def files(self, *, download: bool = True) -> Files:
+        return resolve_files(self.config, self.name, download=download)
+
+    def weights_problem(self) -> str | None:
+        return files_problem(self.config, self.name)
+
+    def fetch_weights(self) -> None:
+        self.files()
 
     def weights_identity(self) -> dict[str, Any]:
         """The files' identities for the configuration hash (empty while a hub file is not cached yet)."""
         try:
-            files = resolve_files(self.config, self.name, download=False)
+            return self.files(download=False).identity()
         except MethodUnavailable:
             return {}
-        return files.identity() if files is not None else {}
 
-    def predict(self, items: Sequence[Item]) -> np.ndarray:
-        if not items:
-            return np.zeros(0, dtype=np.float64)
-        return self.pair_scores([(item, item.prompt) for item in items])
+    def namespace(self) -> str:
+        # the namespace and pair keys (`pair_id`) ImageReward used before it moved onto AlignmentScorer:
+        # scores cached by earlier runs stay valid
+        return namespace_for(self.family, {"score_version": SCORE_VERSION, **self.weights_identity()})
 
-    # shared with StairReward ----------------------------------------------------------------
-    def pair_scores(self, pairs: Sequence[tuple[Item, str]]) -> np.ndarray:
-        """ImageReward of each (item's image, prompt) pair, cached per pair and model configuration."""
-        name = self.name
-        files = resolve_files(self.config, name)  # before any work: a missing file fails here
-        assert files is not None
-        namespace = namespace_for("imagereward", {"score_version": SCORE_VERSION, **files.identity()})
-        root = self.context.cache_dir / "features" if self.context.cache_dir else None
-        keyed = [Item(id=f"{item.id}\x1f{prompt}", image=item.image, prompt=prompt, targets={}, group="")
-                 for item, prompt in pairs]
-        from baselines.blip import Scorer, load_pixels, load_scorer
+    def pair_id(self, item: Item, prompt: str) -> str:
+        return f"{item.id}\x1f{prompt}"
 
-        state: dict[str, Any] = {}
+    def load_model(self):
+        from baselines import blip
 
-        def compute(pair: Item) -> np.ndarray:
-            if "scorer" not in state:
-                state["scorer"] = load_scorer(files, self.context.device, name)
-            scorer: Scorer = state["scorer"]
-            if state.get("image") != pair.image:  # consecutive prompts of one image: encode it once
-                state["image"], state["pixels"] = pair.image, load_pixels(pair.image, scorer.image_size)
-            return scorer.rewards(state["pixels"], [pair.prompt])
+        return blip.load_scorer(self.files(), self.context.device, self.name)
 
-        scores = FeatureCache(root).get(namespace, keyed, compute)
-        self.info = {"scored_pairs": len(keyed)}
-        return scores[:, 0].astype(np.float64)
+    def score_batch(self, model: Any, items: Sequence[Item], captions: Sequence[str]) -> np.ndarray:
+        """One forward pass per pair (the official `score`); consecutive prompts of one image decode it once."""
+        from baselines.blip import load_pixels
+
+        out, image, pixels = [], None, None
+        for item, prompt in zip(items, captions, strict=True):
+            if item.image != image:
+                image, pixels = item.image, load_pixels(item.image, model.image_size)
+            out.append(float(model.rewards(pixels, [prompt]).reshape(-1)[0]))
+        return np.asarray(out, dtype=np.float64)
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from baselines import blip
+
+            self._tokenizer = blip.load_tokenizer(self.files(), self.name)
+        return self._tokenizer
+
+    def token_counts(self, captions: Sequence[str]) -> list[int]:
+        return self.tokenizer().count(captions)
+
+    def context_length(self) -> int:
+        return int(self.tokenizer().max_length)

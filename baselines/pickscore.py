@@ -12,7 +12,10 @@ As the README computes it:
   processor ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (CLIP BPE tokenizer and
   CLIP image processor: shortest side to 224, bicubic, centre crop, CLIP
   mean/std).  Both are fetched and cached by transformers on first use, or
-  given as local folders (``model``, ``processor``).
+  given as local folders (``model``, ``processor``: a value that starts with
+  ``.``, ``/`` or ``~``, or exists, is a folder; see
+  `agiqa_bench.weights.is_repo_id`).  Their files are checked, before any
+  work and without downloading, through `agiqa_bench.weights`.
 - Text tokenised with ``padding=True, truncation=True`` at the model's own
   context (77 tokens for PickScore; ``max_length=77`` in the README): longer
   prompts lose their end (see `baselines.alignment`).
@@ -50,10 +53,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.errors import MethodUnavailable
 from agiqa_bench.hub import offline
 from agiqa_bench.records import Item
-from agiqa_bench.weights import file_identity, hf_cached as hub_cached
+from agiqa_bench.weights import HF_PREFIX, available, file_identity, is_repo_id, problem, unavailable
 from baselines.alignment import (
     AlignmentScorer,
     cosine,
@@ -69,11 +71,11 @@ SPEC = MethodSpec(
     kind="zero-shot",
     summary="PickScore v1: logit_scale * cos(image, prompt) of CLIP ViT-H/14 fine-tuned on Pick-a-Pic.",
     inputs=("image", "prompt"),
-    weights=(Weights("PickScore model yuvalkirstain/PickScore_v1 (HF)", "model",
+    weights=(Weights("PickScore model yuvalkirstain/PickScore_v1 (Hugging Face hub repository)", "model",
                      "downloaded by transformers on first use; offline, pass a local folder with "
                      "--set pickscore.model=PATH",
                      check="baselines.pickscore:model_available"),
-             Weights("CLIP processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K (HF)", "processor",
+             Weights("CLIP processor laion/CLIP-ViT-H-14-laion2B-s32B-b79K (Hugging Face hub repository)", "processor",
                      "downloaded by transformers on first use; offline, pass a local folder with "
                      "--set pickscore.processor=PATH",
                      check="baselines.pickscore:processor_available")),
@@ -87,66 +89,62 @@ PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 RANDOM_TINY = "random-tiny"
 OFFLINE_PROCESSOR = "clip-bpe"
-MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-#: the image processor's settings: its own file (the LAION repo, transformers 4) or nested in
-#: processor_config.json (what transformers 5 saves)
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+#: The files a model folder / repository needs: its config and one weights file (or a sharded one's index).
+MODEL_FILES = (("config.json",),
+               ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"))
+#: A processor's: the image processor's settings, in their own file (the LAION repo, transformers 4) or nested in
+#: processor_config.json (what transformers 5 saves), and the tokenizer.
+PROCESSOR_FILES = (("preprocessor_config.json", "processor_config.json"), ("tokenizer.json", "vocab.json"))
 
 
-def _is_local(value: str) -> bool:
-    return value.startswith((".", "/", "~")) or Path(value).expanduser().exists()
-
-
-def _hub_problem(value: str, what: str, needed: Sequence[Sequence[str]], method: str, param: str) -> str | None:
-    """None when `value` (a local folder or hub repo) has a file of each group in `needed`."""
-    fix = f"--set {method}.{param}=PATH"
-    if _is_local(value):
+def _repo_problem(value: str, what: str, needed, method: str, param: str) -> str | None:
+    """Why a local folder or hub repository lacks a file of some group in `needed` (None: none lacking, or a
+    hub repository that transformers downloads on first use).  The one weights message shape; never downloads."""
+    if not is_repo_id(value):
         folder = Path(value).expanduser()
+        if not folder.is_dir():
+            return str(unavailable(method, param, f"the {what} folder {folder}", "no such folder"))
         missing = [group[0] for group in needed if not any((folder / f).is_file() for f in group)]
-        if folder.is_dir() and not missing:
-            return None
-        what_is_wrong = "not found" if not folder.is_dir() else f"lacks {', '.join(missing)}"
-        return f"{method}: {what} folder {folder} {what_is_wrong}. Pass a folder saved with save_pretrained with {fix}"
-    if not offline() or all(any(hub_cached(value, f) for f in group) for group in needed):
-        return None
-    return (f"{method}: {what} {value!r} is not in the local Hugging Face cache and the hub is offline "
-            f"(HF_HUB_OFFLINE). Download it elsewhere (https://huggingface.co/{value}, e.g. with "
-            f"`huggingface-cli download {value}`) and pass the folder with {fix}")
+        return str(unavailable(method, param, f"the {what} folder {folder}",
+                               f"it lacks {', '.join(missing)}; save one with save_pretrained")) if missing else None
+    for group in needed:
+        refs = [f"{HF_PREFIX}{value}/{f}" for f in group]
+        if not any(available(ref) for ref in refs):
+            return problem(refs[0], method=method, param=param, what=f"the {what} {value}")
+    return None
 
 
 def model_problem(params: dict[str, Any], method: str = "pickscore") -> str | None:
     value = str(params.get("model", PICKSCORE_MODEL)).strip()
     if value == RANDOM_TINY:
         return None
-    return _hub_problem(value, "PickScore model", [("config.json",), MODEL_FILES], method, "model")
+    return _repo_problem(value, "PickScore model", MODEL_FILES, method, "model")
 
 
 def processor_problem(params: dict[str, Any], method: str = "pickscore") -> str | None:
     value = str(params.get("processor", PICKSCORE_PROCESSOR)).strip()
     if value == OFFLINE_PROCESSOR:
         return None
-    return _hub_problem(value, "CLIP processor", [PROCESSOR_FILES, TOKENIZER_FILES], method, "processor")
+    return _repo_problem(value, "CLIP processor", PROCESSOR_FILES, method, "processor")
+
+
+def _here(value: str, needed) -> bool:
+    """Every group of `needed` has a file in the local folder or, for a hub repository, in the hub cache."""
+    if not is_repo_id(value):
+        return all(any((Path(value).expanduser() / f).is_file() for f in group) for group in needed)
+    return all(any(available(f"{HF_PREFIX}{value}/{f}") for f in group) for group in needed)
 
 
 def model_available(params: dict[str, Any]) -> bool:
     """For `agiqa-bench methods`: model weights present (local folder or already cached)? Never downloads."""
     value = str(params.get("model", PICKSCORE_MODEL)).strip()
-    if value == RANDOM_TINY:
-        return True
-    if _is_local(value):
-        return model_problem(params) is None
-    return hub_cached(value, "config.json") is not None and any(hub_cached(value, f) for f in MODEL_FILES)
+    return value == RANDOM_TINY or _here(value, MODEL_FILES)
 
 
 def processor_available(params: dict[str, Any]) -> bool:
     """For `agiqa-bench methods`: processor files present? Never downloads."""
     value = str(params.get("processor", PICKSCORE_PROCESSOR)).strip()
-    if value == OFFLINE_PROCESSOR:
-        return True
-    if _is_local(value):
-        return processor_problem(params) is None
-    return any(hub_cached(value, f) for f in PROCESSOR_FILES) and any(hub_cached(value, f) for f in TOKENIZER_FILES)
+    return value == OFFLINE_PROCESSOR or _here(value, PROCESSOR_FILES)
 
 
 # -- offline pieces ------------------------------------------------------------------------------
@@ -164,14 +162,14 @@ def clip_bpe_tokenizer(context_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=context_length)
 
 
-def clip_image_processor(size: int = 224, from_pretrained: str | None = None):
+def clip_image_processor(size: int = 224, from_pretrained: str | None = None, **kwargs):
     """CLIP's image processor on the PIL backend (the README-era behaviour), defaults or from a folder/repo."""
     try:
         from transformers import CLIPImageProcessorPil as Processor  # transformers >= 5
     except ImportError:  # transformers 4.x: the PIL processor is the plain class
         from transformers import CLIPImageProcessor as Processor
     if from_pretrained:
-        return Processor.from_pretrained(from_pretrained)
+        return Processor.from_pretrained(from_pretrained, **kwargs)
     return Processor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
@@ -219,7 +217,7 @@ class PickScore(AlignmentScorer):
         for key in ("model", "processor"):
             value = str(self.config[key]).strip()
             ident[key] = value
-            if _is_local(value):
+            if not is_repo_id(value):
                 folder = Path(value).expanduser()
                 ident[f"{key}_files"] = {p.name: file_identity(p) for p in sorted(folder.glob("*")) if p.is_file()}
         if ident["model"] == RANDOM_TINY:
@@ -227,14 +225,15 @@ class PickScore(AlignmentScorer):
         return ident
 
     def _from_pretrained(self, loader, value: str, what: str, param: str):
+        """`loader(value)`; a hub repository is read from the cache alone while downloads are off."""
+        repo = is_repo_id(value)
         try:
-            return loader(value)
+            return loader(value, **({"local_files_only": True} if repo and offline() else {}))
         except Exception as exc:  # hub and file errors come in many types
-            raise MethodUnavailable(
-                f"{self.spec.name}: could not load the {what} {value!r} ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}). With internet access transformers "
-                f"downloads and caches it on first use; offline, pass a local folder with "
-                f"--set {self.spec.name}.{param}=PATH") from None
+            first = " ".join(str(exc).split())[:200]
+            raise unavailable(self.spec.name, param, f"the {what} {value}",
+                              f"transformers could not load it: {type(exc).__name__}: {first}",
+                              f"the Hugging Face hub repository {value}" if repo else "") from None
 
     def load_model(self):
         value = str(self.config["model"]).strip()
@@ -274,7 +273,7 @@ class PickScore(AlignmentScorer):
                 from transformers import AutoTokenizer
 
                 tok = self._from_pretrained(AutoTokenizer.from_pretrained, value, "CLIP processor", "processor")
-                img = self._from_pretrained(lambda v: clip_image_processor(from_pretrained=v), value,
+                img = self._from_pretrained(lambda v, **kw: clip_image_processor(from_pretrained=v, **kw), value,
                                             "CLIP processor", "processor")
                 self._processor = (tok, img)
         return self._processor

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from baselines.deep import RESNET50_IMAGENET, TRAIN_PARAMS, DeepIQAMethod
+from baselines.deep import IMAGENET_RESNET50, TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec, Weights
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class ResNet50Method(DeepIQAMethod):
         "image_size": 512, "crop_size": 384, "epochs": 30, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
         "head_lr_scale": 1.0, "weight_decay": 1e-4, "lr_schedule": "cosine", "loss": "mse",
     }
-    weight_params: ClassVar[dict] = {"backbone_weights": RESNET50_IMAGENET}
+    weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_RESNET50}
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:
         from baselines.archs.resnet import resnet50_regressor

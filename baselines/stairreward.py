@@ -131,15 +131,17 @@ class StairRewardApprox(ImageReward):
         decay = float(self.config["decay"])
         if not (0.0 <= decay <= 1.0):
             raise ConfigError(f"{self.name}.decay must be in [0, 1] (a decaying stair weight), got {decay}")
+        self.require_weights()
         if not items:
             return np.zeros(0, dtype=np.float64)
         stairs = [stair_prompts(item.prompt, item.meta) for item in items]
         pairs = [(item, p) for item, prompts in zip(items, stairs) for p in prompts]
-        scores = self.pair_scores(pairs)
+        scores = self.pair_scores(pairs)  # ImageReward's per-pair cache: the full prompts are shared with it
         out = np.empty(len(items), dtype=np.float64)
         at = 0
         for i, prompts in enumerate(stairs):
             out[i] = stair_reward(scores[at:at + len(prompts)], decay)
             at += len(prompts)
-        self.info = {"scored_pairs": len(pairs), "mean_stairs": len(pairs) / len(items)}
+        self._count_truncated(items)  # the full prompt is the longest stair
+        self.info.update({"scored_pairs": len(pairs), "mean_stairs": len(pairs) / len(items)})
         return out

@@ -213,15 +213,17 @@ def test_hps_missing_checkpoints_never_download(items, tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("tried to download"))
-    monkeypatch.setattr("baselines.hps.hub_cached", lambda repo, filename: None)
+    monkeypatch.setattr("agiqa_bench.weights.hf_cached", lambda *a, **k: None)
     assert canonical_name("hps") == "hps.v2_1"
-    with pytest.raises(MethodUnavailable, match=r"HPS_v2\.1_compressed\.pt.*offline.*--set hps\.v2_1\.checkpoint=PATH"):
+    with pytest.raises(MethodUnavailable, match=r"HPS_v2\.1_compressed\.pt.*offline.*Source: hf-hub:xswu/HPSv2/"
+                                                 r"HPS_v2\.1_compressed\.pt\. .*--set hps\.v2_1\.checkpoint=PATH$"):
         create_method("hps", {}, context(tmp_path)).fit(items, [], ["alignment"])
     with pytest.raises(MethodUnavailable, match=r"HPS_v2_compressed\.pt.*--set hps\.v2\.checkpoint=PATH"):
         create_method("hps.v2", {}, context(tmp_path)).predict(items)
-    with pytest.raises(MethodUnavailable, match=r"hpc\.pth is not on any model hub.*align_sd.*hps\.v1\.checkpoint"):
+    with pytest.raises(MethodUnavailable, match=r"hpc\.pth is not available \(it is on no model hub.*align_sd.*"
+                                                 r"--set hps\.v1\.checkpoint=PATH"):
         create_method("hps.v1", {}, context(tmp_path)).predict(items)
-    with pytest.raises(MethodUnavailable, match=r"not found: .*nope\.pt"):
+    with pytest.raises(MethodUnavailable, match=r"nope\.pt is not available \(no such file\)"):
         create_method("hps.v1", {"checkpoint": str(tmp_path / "nope.pt")}, context(tmp_path)).predict(items)
     from baselines.hps import checkpoint_available
 
@@ -285,15 +287,16 @@ def alignment_features(out):
 
 def test_pickscore_missing_weights_name_the_fix(items, tmp_path, monkeypatch, pickscore_folders):
     model_dir, proc_dir = pickscore_folders
-    with pytest.raises(MethodUnavailable, match=r"nope not found.*--set pickscore\.model=PATH"):
+    with pytest.raises(MethodUnavailable, match=r"nope is not available \(no such folder\).*--set pickscore\.model=PATH"):
         create_method("pickscore", {"model": str(tmp_path / "nope"), "processor": str(proc_dir)},
                       context(tmp_path)).fit(items, [], ["alignment"])
     (proc_dir / "processor_config.json").unlink()
     with pytest.raises(MethodUnavailable, match=r"lacks preprocessor_config\.json.*--set pickscore\.processor=PATH"):
         create_method("pickscore", {"model": str(model_dir), "processor": str(proc_dir)},
                       context(tmp_path)).predict(items)
-    monkeypatch.setattr("baselines.pickscore.hub_cached", lambda repo, filename: None)
-    with pytest.raises(MethodUnavailable, match=r"PickScore_v1.*offline.*--set pickscore\.model=PATH"):
+    monkeypatch.setattr("agiqa_bench.weights.hf_cached", lambda *a, **k: None)
+    with pytest.raises(MethodUnavailable, match=r"PickScore_v1.*offline.*Source: hf-hub:yuvalkirstain/PickScore_v1/"
+                                                 r"config\.json\. .*--set pickscore\.model=PATH$"):
         create_method("pickscore", {}, context(tmp_path)).predict(items)
     from baselines.pickscore import model_available, processor_available
 

@@ -268,6 +268,7 @@ def test_missing_weights_offline_name_the_file_and_the_fix(name, weights, param,
     text = str(err.value)
     base = name.split(".")[0]
     assert filename in text and f"--set {base}.{param}=" in text and "downloads are off" in text
+    assert text.endswith(f"; --set {base}.{param}= trains from random weights instead.")
     assert method.model is None  # reported before anything was built or trained
 
 
@@ -307,7 +308,7 @@ def test_local_files_and_cached_tags_load(data, tmp_path):
     cached = deep.RESNET50_IMAGENET.cache_path()
     cached.parent.mkdir(parents=True)
     torch.save(r50, cached)  # the "imagenet" tag resolves to the torch hub cache, no download
-    state = deep.load_state_dict("imagenet", deep.RESNET50_IMAGENET, "resnet50", "backbone_weights")
+    state = deep.load_state_dict("imagenet", deep.IMAGENET_RESNET50, "resnet50", "backbone_weights")
     assert torch.equal(resnet50_regressor(2, state).layer4[2].conv3.weight, r50["layer4.2.conv3.weight"])
     assert torch.equal(HyperNetNet(2, state).base_model.layer4[2].conv3.weight, r50["layer4.2.conv3.weight"])
     assert deep.resnet50_available({"backbone_weights": "imagenet"})

@@ -213,14 +213,16 @@ def test_preprocessing_follows_torchvision(tmp_path):
 def test_missing_weights_make_the_method_unavailable_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    monkeypatch.setattr(ir, "_cached", lambda repo, filename: None)  # whatever this machine has cached
+    monkeypatch.setattr("agiqa_bench.weights.hf_cached", lambda *a, **k: None)  # whatever this machine has cached
     ghost = [Item(id="x.png", image=tmp_path / "no-such-image.png", prompt="a cat", targets={}, group="0")]
     for name in ("imagereward", "stairreward.approx"):
         method = create_method(name, {}, MethodContext(cache_dir=tmp_path / "cache"))
-        with pytest.raises(MethodUnavailable, match=rf"ImageReward.pt.*offline.*--set {name}.checkpoint=PATH"):
+        with pytest.raises(MethodUnavailable, match=rf"ImageReward.pt.*offline.*Source: hf-hub:THUDM/ImageReward/"
+                                                     rf"ImageReward.pt. .*--set {name}.checkpoint=PATH$"):
             method.predict(ghost)  # not ImageReadError: the weights are checked first
     method = create_method("imagereward", {"checkpoint": str(tmp_path / "nowhere" / "ImageReward.pt")})
-    with pytest.raises(MethodUnavailable, match=r"weights file not found: .*nowhere.*--set imagereward.checkpoint"):
+    with pytest.raises(MethodUnavailable, match=r"ImageReward weights .*nowhere.* is not available \(no such file\).*"
+                                                 r"--set imagereward.checkpoint=PATH"):
         method.predict(ghost)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
@@ -230,7 +232,8 @@ def test_missing_weights_make_the_method_unavailable_before_any_work(tmp_path, m
         method.predict(ghost)
     (lonely / "med_config.json").write_text("{}")
     method = create_method("imagereward", {"checkpoint": str(lonely)})
-    with pytest.raises(MethodUnavailable, match=r"vocab.txt.*--set imagereward.tokenizer_vocab=PATH"):
+    with pytest.raises(MethodUnavailable, match=r"vocab.txt.*Source: hf-hub:google-bert/bert-base-uncased/vocab.txt. "
+                                                 r".*--set imagereward.tokenizer_vocab=PATH"):
         method.predict(ghost)
     assert ir.weights_available({}) is False
     assert ir.weights_available({"checkpoint": "agiqa-smoke"}) is True
@@ -319,6 +322,28 @@ def test_each_pair_is_scored_once_and_cached(tiny_ckpt, tmp_path, monkeypatch):
     calls.clear()
     create_method("stairreward.approx", params, MethodContext(cache_dir=tmp_path / "cache")).predict(items)
     assert calls == ["a red cat", "a dog"]
+
+
+def test_imagereward_is_an_alignment_scorer(tiny_ckpt, tmp_path, monkeypatch):
+    """The shared base: long prompts counted and warned about, one loaded model for ImageReward and StairReward."""
+    from baselines.alignment import _MODEL_MEMO, AlignmentScorer
+
+    assert issubclass(ir.ImageReward, AlignmentScorer) and issubclass(sr.StairRewardApprox, AlignmentScorer)
+    params = {"checkpoint": str(tiny_ckpt), "batch_size": 2}
+    items = _items(tmp_path, ["a red cat, top view", " ".join(["a cat"] * 30), "a dog"])
+    loads = []
+    real = blip.load_scorer
+    monkeypatch.setattr(blip, "load_scorer", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    _MODEL_MEMO.clear()
+    method = create_method("imagereward", params, MethodContext(cache_dir=tmp_path / "a"))
+    with pytest.warns(UserWarning, match=r"1 of 3 distinct prompts .* exceed the text encoder's 35-token context"):
+        scores = method.predict(items)
+    assert method.info["prompts_truncated"] == 1 and method.info["context_length"] == 35
+    with pytest.warns(UserWarning, match="35-token context"):
+        stair = create_method("stairreward.approx", params, MethodContext(cache_dir=tmp_path / "b")).predict(items)
+    assert len(loads) == 1  # StairReward scored its stairs with the model ImageReward loaded
+    assert stair[2] == scores[2]  # a prompt without morphemes: its ImageReward score
+    _MODEL_MEMO.clear()
 
 
 def test_registry_entries():

@@ -147,7 +147,40 @@ def test_method_contract(name, contract_data, image2prompt_ckpt, tmp_path):
 #: Methods whose weights go through the one resolver (agiqa_bench.weights), by weights parameter.
 RESOLVED_WEIGHTS = [("ipiqa", "pretrained"), ("clipiqa", "pretrained"), ("clipiqa.plus", "pretrained"),
                     ("clipscore", "pretrained"), ("niqe", "params"), ("dbcnn", "backbone_weights"),
-                    ("dbcnn", "scnn_weights"), ("hypernet", "backbone_weights"), ("resnet50", "backbone_weights")]
+                    ("dbcnn", "scnn_weights"), ("hypernet", "backbone_weights"), ("resnet50", "backbone_weights"),
+                    ("hps.v2_1", "checkpoint"), ("hps.v1", "checkpoint"), ("pickscore", "model"),
+                    ("pickscore", "processor"), ("imagereward", "checkpoint"), ("imagereward", "med_config"),
+                    ("imagereward", "tokenizer_vocab"), ("stairreward.approx", "checkpoint")]
+#: Hub files that are not cached while downloads are off: (method, param, value, file, source).
+HUB_WEIGHTS = [
+    ("hps.v2_1", "checkpoint", "hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt", "HPS_v2.1_compressed.pt",
+     "hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt"),
+    ("hps.v2", "checkpoint", "hf-hub:xswu/HPSv2/HPS_v2_compressed.pt", "HPS_v2_compressed.pt",
+     "hf-hub:xswu/HPSv2/HPS_v2_compressed.pt"),
+    ("pickscore", "model", "yuvalkirstain/PickScore_v1", "config.json", "hf-hub:yuvalkirstain/PickScore_v1/config.json"),
+    ("pickscore", "processor", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "preprocessor_config.json",
+     "hf-hub:laion/CLIP-ViT-H-14-laion2B-s32B-b79K/preprocessor_config.json"),
+    ("imagereward", "checkpoint", "hf-hub:THUDM/ImageReward/ImageReward.pt", "ImageReward.pt",
+     "hf-hub:THUDM/ImageReward/ImageReward.pt"),
+    ("imagereward", "med_config", "hf-hub:THUDM/ImageReward/med_config.json", "med_config.json",
+     "hf-hub:THUDM/ImageReward/med_config.json"),
+    ("imagereward", "tokenizer_vocab", "bert-base-uncased", "vocab.txt", "hf-hub:google-bert/bert-base-uncased/vocab.txt"),
+    ("stairreward.approx", "checkpoint", "hf-hub:THUDM/ImageReward/ImageReward.pt", "ImageReward.pt",
+     "hf-hub:THUDM/ImageReward/ImageReward.pt"),
+]
+
+
+def _fit_and_predict(name, params, data, tmp_path):
+    ds, split = data
+    spec, _ = get_spec(name)
+    method = create_method(name, params, MethodContext(seed=1, workdir=tmp_path, cache_dir=tmp_path / "c"))
+    targets = ds.targets if spec.joint_targets else ds.targets[:1]
+    with pytest.raises(MethodUnavailable) as err:
+        method.fit(ds.subset(split.train), ds.subset(split.val), targets)
+        method.predict(ds.subset(split.test))
+    text = str(err.value)
+    assert "\n" not in text
+    return text
 
 
 @pytest.mark.parametrize("name,param", RESOLVED_WEIGHTS)
@@ -155,16 +188,27 @@ def test_missing_weights_give_one_shaped_message(name, param, contract_data, tmp
     """A missing weights file: one line naming the method parameter, the file, why, and the --set that supplies it."""
     import re
 
-    ds, split = contract_data
     spec, _ = get_spec(name)
     missing = tmp_path / "nowhere" / f"{param}.pt"
-    method = create_method(name, {**spec.smoke, param: str(missing)}, MethodContext(seed=1, workdir=tmp_path,
-                                                                                    cache_dir=tmp_path / "c"))
-    targets = ds.targets if spec.joint_targets else ds.targets[:1]
-    with pytest.raises(MethodUnavailable) as err:
-        method.fit(ds.subset(split.train), ds.subset(split.val), targets)
-        method.predict(ds.subset(split.test))
-    text = str(err.value)
-    assert "\n" not in text
-    shape = rf"{re.escape(name)}\.{param}: .*{re.escape(str(missing))}.* is not available \(.+\)\..* Supply a local copy with --set {re.escape(name)}\.{param}=PATH$"
+    text = _fit_and_predict(name, {**spec.smoke, param: str(missing)}, contract_data, tmp_path)
+    # the deep baselines' pretrained parts also say that an empty value trains from random weights
+    random = rf"; --set {re.escape(name)}\.{param}= trains from random weights instead\."
+    shape = rf"{re.escape(name)}\.{param}: .*{re.escape(str(missing))}.* is not available \(.+\)\..* Supply a local copy with --set {re.escape(name)}\.{param}=PATH({random})?$"
+    assert re.match(shape, text), text
+    assert text.endswith("trains from random weights instead.") == (name in ("dbcnn", "hypernet", "resnet50")), text
+
+
+@pytest.mark.parametrize("name,param,value,filename,source", HUB_WEIGHTS)
+def test_uncached_hub_weights_give_one_shaped_message_offline(name, param, value, filename, source, contract_data,
+                                                              tmp_path, monkeypatch):
+    """The same shape for a hub file that is not cached while downloads are off: the file, its source, the --set."""
+    import re
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("agiqa_bench.weights.hf_cached", lambda *a, **k: None)  # whatever this machine has cached
+    spec, _ = get_spec(name)
+    text = _fit_and_predict(name, {**spec.smoke, param: value}, contract_data, tmp_path)
+    shape = (rf"{re.escape(name)}\.{param}: .*\({re.escape(filename)}\) is not available \(not in the local cache "
+             rf"and downloads are off .*\)\. Source: {re.escape(source)}\. "
+             rf"Supply a local copy with --set {re.escape(name)}\.{param}=PATH$")
     assert re.match(shape, text), text

@@ -9,7 +9,9 @@ here; no method imports another for it.
   in `agiqa_bench/clip/model_configs/`).
 - `pretrained`: an open_clip tag (`openai`, `laion2b_s34b_b79k`, ...; downloaded
   the normal way and cached), a local checkpoint file (a state dict, open_clip's
-  format, or OpenAI's JIT archive), `agiqa-synth` for the small CLIP pretrained
+  format, or OpenAI's JIT archive), a checkpoint file on the Hugging Face hub
+  (`hf-hub:owner/repo/file[@revision]`, fetched by `agiqa_bench.weights` and
+  loaded as a local file), `agiqa-synth` for the small CLIP pretrained
   on SynthAGIQA's caption corpus that ships with the package, or "" / None for
   random weights.
 
@@ -21,11 +23,11 @@ architecture names (the IP-IQA default is `RN50-quickgelu`) so a local copy of
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 from pathlib import Path
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.weights import is_hub_file, is_local
 
 CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -57,10 +59,6 @@ def register_configs() -> None:
     open_clip.add_model_config(CONFIG_DIR)
 
 
-def is_local(pretrained: str | None) -> bool:
-    return bool(pretrained) and (os.sep in str(pretrained) or Path(str(pretrained)).suffix != "")
-
-
 def weights_available(model: str, pretrained: str | None) -> bool | None:
     """Whether the weights are here: a local file exists, or a hub tag is already in the cache.
 
@@ -72,6 +70,10 @@ def weights_available(model: str, pretrained: str | None) -> bool | None:
         return (WEIGHTS_DIR / f"{model}-synth.pt").is_file()
     if is_local(pretrained):
         return Path(pretrained).expanduser().is_file()
+    if is_hub_file(pretrained):
+        from agiqa_bench.weights import available
+
+        return available(pretrained)
     try:
         import open_clip
         from huggingface_hub import try_to_load_from_cache
@@ -90,11 +92,11 @@ def weights_available(model: str, pretrained: str | None) -> bool | None:
 def check_weights(params: dict, thorough: bool = False) -> bool | None:
     """Availability of a method's CLIP weights from its params (for `agiqa-bench methods`).
 
-    Cheap by default (file checks only: a hub tag is "unknown"); `thorough` asks
-    open_clip which hub repository a tag names and looks in the cache.
+    Cheap by default (file checks only: a local file, a hub file in the cache; an open_clip tag is
+    "unknown"); `thorough` asks open_clip which hub repository a tag names and looks in the cache.
     """
     model, pretrained = params.get("clip_model", ""), params.get("pretrained", "openai")
-    if not thorough and pretrained and pretrained != SYNTH_TAG and not is_local(pretrained):
+    if not thorough and pretrained and pretrained != SYNTH_TAG and not (is_local(pretrained) or is_hub_file(pretrained)):
         return None
     return weights_available(model, pretrained)
 
@@ -113,7 +115,7 @@ def clip_weights_problem(model: str, pretrained: str | None, method: str, param:
     The text is the one shape of every weights error (`agiqa_bench.weights.unavailable`).
     """
     from agiqa_bench.hub import offline
-    from agiqa_bench.weights import unavailable
+    from agiqa_bench.weights import OFFLINE_WHY, problem, unavailable
 
     if not pretrained:
         return None
@@ -126,6 +128,8 @@ def clip_weights_problem(model: str, pretrained: str | None, method: str, param:
         path = Path(str(pretrained)).expanduser()
         return None if path.is_file() else str(unavailable(
             method, param, f"CLIP weights {path} for {model!r}", "no such file"))
+    if is_hub_file(pretrained):
+        return problem(pretrained, method=method, param=param, what=f"CLIP weights for {model!r}")
     if offline() and weights_available(model, pretrained) is False:
         sources = ""
         try:
@@ -137,9 +141,7 @@ def clip_weights_problem(model: str, pretrained: str | None, method: str, param:
             sources = " or ".join(p for p in parts if p)
         except Exception:
             pass
-        return str(unavailable(method, param, f"CLIP weights {model}/{pretrained}",
-                               "not in the local cache and downloads are off (offline: AGIQA_BENCH_OFFLINE / "
-                               "HF_HUB_OFFLINE)", sources))
+        return str(unavailable(method, param, f"CLIP weights {model}/{pretrained}", OFFLINE_WHY, sources))
     return None
 
 
@@ -150,7 +152,7 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
     """
     import open_clip
 
-    from agiqa_bench.weights import unavailable
+    from agiqa_bench.weights import resolve, unavailable
 
     register_configs()
     if model not in open_clip.list_models():
@@ -167,10 +169,11 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
         if not path.is_file():
             method, _, param = option.rpartition(".")
             raise unavailable(method, param, f"CLIP weights {path} for {model!r}", "no such file")
-        try:
-            return open_clip.create_model(model, pretrained=str(path), **kwargs).eval()
-        except RuntimeError as exc:
-            raise MethodUnavailable(f"CLIP weights {path} do not fit architecture {model!r}: {str(exc)[:400]}") from None
+        return _create_from_file(model, path, kwargs)
+    if is_hub_file(pretrained):
+        method, _, param = option.rpartition(".")
+        return _create_from_file(model, resolve(pretrained, method=method, param=param,
+                                                what=f"CLIP weights for {model!r}"), kwargs)
     if pretrained not in open_clip.list_pretrained_tags_by_model(model):
         tags = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
         raise ConfigError(f"open_clip has no weights {pretrained!r} for {model!r}; its tags: {tags}; or give a file path")
@@ -183,6 +186,15 @@ def load_clip(model: str, pretrained: str | None, *, image_size: int | None = No
                           "internet it downloads and caches them on first use",
                           "the checkpoint open_clip names for this tag (e.g. OpenAI's RN50.pt for "
                           "RN50-quickgelu/openai)") from None
+
+
+def _create_from_file(model: str, path: Path, kwargs: dict):
+    import open_clip
+
+    try:
+        return open_clip.create_model(model, pretrained=str(path), **kwargs).eval()
+    except RuntimeError as exc:
+        raise MethodUnavailable(f"CLIP weights {path} do not fit architecture {model!r}: {str(exc)[:400]}") from None
 
 
 def _first_sentence(exc: Exception, limit: int = 240) -> str:
@@ -244,8 +256,11 @@ def image_transform(size, resize_on: str = "pil"):
 
 
 def open_clip_identity(model: str, pretrained: str | None, seed: int) -> dict[str, Any]:
-    """What an open_clip model's outputs depend on: architecture, weights tag or file, or the init seed."""
-    from agiqa_bench.weights import file_identity
+    """What an open_clip model's outputs depend on: architecture, weights tag or file, or the init seed.
+
+    A hub file counts by the identity of its cached copy once it is here (before that, by its reference).
+    """
+    from agiqa_bench.weights import file_identity, resolve
 
     ident: dict[str, Any] = {"clip_model": model, "pretrained": pretrained or ""}
     if not pretrained:
@@ -254,4 +269,9 @@ def open_clip_identity(model: str, pretrained: str | None, seed: int) -> dict[st
         ident["file"] = file_identity(WEIGHTS_DIR / f"{model}-synth.pt")
     elif is_local(pretrained):
         ident["file"] = file_identity(pretrained)
+    elif is_hub_file(pretrained):
+        try:
+            ident["file"] = file_identity(resolve(pretrained, method="?", param="?", download=False))
+        except MethodUnavailable:
+            pass
     return ident
