@@ -6,10 +6,15 @@ stored per namespace (method + feature parameters) in one `.npz`, keyed by item
 id and by the image file's size and modification time, so an edited image is
 recomputed.  Writes are atomic (temporary file + rename), so a killed run never
 leaves a half-written cache.
+
+Several processes may fill one namespace at once (the parallel executors): each
+save takes the namespace's lock file, merges the entries already on disk with its
+own, and only then replaces the file, so no writer drops another's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +25,22 @@ from typing import Callable, Sequence
 import numpy as np
 
 from agiqa_bench.records import Item
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock on `path` (created if needed), held for the `with` block."""
+    with open(path, "a+b") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _item_key(item: Item) -> str:
@@ -52,23 +73,33 @@ class FeatureCache:
     def _load(self, namespace: str) -> dict[str, np.ndarray]:
         if namespace in self._memory:
             return self._memory[namespace]
-        table: dict[str, np.ndarray] = {}
-        if self.root is not None and self._path(namespace).exists():
-            try:
-                with np.load(self._path(namespace), allow_pickle=False) as data:
-                    keys = [str(k) for k in data["keys"]]
-                    values = data["values"]
-                table = {k: values[i] for i, k in enumerate(keys)}
-            except (OSError, ValueError, KeyError):
-                table = {}  # unreadable cache: recompute, it is only a cache
+        table = self._read_disk(namespace) if self.root is not None else {}
         self._memory[namespace] = table
         return table
+
+    def _read_disk(self, namespace: str) -> dict[str, np.ndarray]:
+        path = self._path(namespace)
+        if not path.exists():
+            return {}
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys = [str(k) for k in data["keys"]]
+                values = data["values"]
+            return {k: values[i] for i, k in enumerate(keys)}
+        except (OSError, ValueError, KeyError):
+            return {}  # unreadable cache: recompute, it is only a cache
 
     def _save(self, namespace: str) -> None:
         if self.root is None:
             return
-        table = self._memory[namespace]
         self.root.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.root / f"{namespace}.lock"):
+            table = self._memory[namespace]
+            for key, value in self._read_disk(namespace).items():  # what other writers saved meanwhile
+                table.setdefault(key, value)
+            self._write(namespace, table)
+
+    def _write(self, namespace: str, table: dict[str, np.ndarray]) -> None:
         keys = np.array(list(table), dtype=str)
         values = np.stack([np.atleast_1d(v) for v in table.values()]) if table else np.zeros((0, 0))
         fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".npz.tmp")

@@ -111,6 +111,12 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="serial, local (worker processes; the default with more than one core) or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel jobs (default: the cores, at most the jobs; 1 = serial)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster: auto or HOST:PORT (implies --executor ray)."),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU)."),
+    wait: bool = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing."),
+    threads_per_job: Optional[int] = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it."),
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
 ):
     """Benchmark methods on identical grouped splits and store every result."""
@@ -123,12 +129,27 @@ def run(
         targets=_split_list(target) or None, repeats=repeats, allow_many_repeats=allow_many_repeats,
         split_protocol=split_protocol, seed=seed, val_fraction=val_fraction, overrides=parse_overrides(set_ or []),
         out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
+        executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job),
     )
 
 
-def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_checkpoints: bool, **planning):
-    """Shared body of `run` and `ablate`: plan (`plan_run` takes `planning`), run with progress bars,
-    summarise, exit 1 on failures."""
+def _executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job=None) -> dict:
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_job is not None and not 0 < gpus_per_job <= 8:
+        raise ConfigError(f"--gpus-per-job must be in (0, 8], got {gpus_per_job}")
+    if workers == 1 and executor is None and not ray_address:
+        executor = "serial"
+    if threads_per_job is not None and threads_per_job < 1:
+        raise ConfigError(f"--threads-per-job must be at least 1, got {threads_per_job}")
+    return {"executor": executor, "workers": workers, "ray_address": ray_address, "gpus_per_job": gpus_per_job,
+            "wait_for_lock": wait, "threads_per_job": threads_per_job}
+
+
+def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_checkpoints: bool,
+                      executor_options: dict, **planning):
+    """Shared body of `run` and `ablate`: plan (`plan_run` takes `planning`), run on the executor with
+    progress bars, summarise, exit 1 on failures."""
     from agiqa_bench.runner import execute, plan_run
 
     plan = plan_run(methods, **planning)
@@ -137,7 +158,7 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
         f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
         f"(hash {plan.splits.hash}); methods: {', '.join(m.name for m in plan.methods)}"
     )
-    summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints)
+    summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints, **executor_options)
     _print_summary(out, plan)
     if summary.warnings:
         err_console.print(f"[yellow]{len(summary.warnings)} distinct warning(s)[/] raised by the methods during the run "
@@ -171,6 +192,12 @@ def ablate(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter, e.g. ipiqa.epochs=20 (applies to every variant)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Redo finished keys."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="serial, local (worker processes; the default with more than one core) or ray."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel jobs (default: the cores, at most the jobs; 1 = serial)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster: auto or HOST:PORT (implies --executor ray)."),
+    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU)."),
+    wait: bool = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing."),
+    threads_per_job: Optional[int] = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it."),
 ):
     """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
     from agiqa_bench.registry import get_spec
@@ -189,41 +216,54 @@ def ablate(
                                drop_bad_images=drop_bad_images, max_pixels=max_pixels)
     _plan_and_execute(list(variants), dataset=dataset, data_root=data_root, dataset_options=options, repeats=repeats,
                       split_protocol=split_protocol, seed=seed, overrides=overrides, out=out, device=device,
-                      force=force, keep_checkpoints=False)
+                      force=force, keep_checkpoints=False,
+                      executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job))
 
 
-def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False):
+def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False, **executor_options):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
         Progress,
         TextColumn,
         TimeElapsedColumn,
+        TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
     with Progress(*columns, console=console, transient=False) as progress:
         tasks: dict[str, int] = {}
-        finished = [0]
+        counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1}
+
+        def state() -> str:
+            left = counts["jobs"] - counts["done"] - counts["failed"]
+            return (f"{counts['done']} done, {min(left, counts['workers'])} running, {counts['failed']} failed"
+                    if counts["jobs"] else "")
 
         def on_event(kind: str, payload: dict) -> None:
+            if kind == "start":
+                counts["jobs"], counts["workers"] = payload["jobs"], payload["workers"]
+                tasks["*"] = progress.add_task(f"{'all jobs':<18}", total=payload["jobs"], state=state())
+                progress.console.print(f"{payload['jobs']} job(s) on the {payload['executor']} executor"
+                                       + (f" ({payload['workers']} workers)" if payload["workers"] > 1 else ""))
+                return
             name = payload["method"]
             if kind == "method":
-                tasks[name] = progress.add_task(f"{name:<18}", total=payload["repeats"] * payload["fits"])
+                tasks[name] = progress.add_task(f"{name:<18}", total=payload["todo"], state="")
             elif kind in ("done", "error"):
+                counts["done" if kind == "done" else "failed"] += 1
                 progress.advance(tasks[name])
-                finished[0] += kind == "done"
+                progress.update(tasks["*"], advance=1, state=state())
 
         try:
             summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
-                              on_event=on_event)
+                              on_event=on_event, **executor_options)
         except KeyboardInterrupt:
             progress.stop()
-            err_console.print(f"interrupted; {finished[0]} job(s) finished in this run and kept in {out}/results.sqlite, "
-                              "rerun the same command to resume", highlight=False)
+            err_console.print(f"interrupted; {counts['done']} job(s) finished in this run and kept in "
+                              f"{out}/results.sqlite, rerun the same command to resume", highlight=False)
             raise typer.Exit(130) from None
-        for task in progress.tasks:
-            progress.update(task.id, completed=task.total)
     if summary.skipped:
         console.print(f"skipped {summary.skipped} finished row(s) already in {out}/results.sqlite (use --force to redo)")
     return summary

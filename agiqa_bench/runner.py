@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import time
-import traceback
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ import numpy as np
 from agiqa_bench import __version__
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.device import resolve_device
-from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable, StoreError
+from agiqa_bench.errors import ConfigError
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
 from agiqa_bench.records import Dataset
@@ -136,6 +136,17 @@ class Job:
         return {t: (dataset, data_hash, t, m.name, m.config_hash, sp.hash, sp.repeat) for t in self.targets}
 
 
+@dataclass(frozen=True)
+class WorkerPlan:
+    """What `job_rows` needs of a plan: the dataset and the facts its rows carry (what a worker holds)."""
+
+    dataset: Dataset
+    data_hash: str
+    split_protocol: str
+    split_family: str
+    split_params: dict
+
+
 @dataclass
 class Plan:
     """A validated run: what will be computed, before any work starts."""
@@ -144,6 +155,12 @@ class Plan:
     splits: SplitSet
     methods: list[MethodRun]
     data_hash: str
+    #: How a worker process rebuilds the dataset (None: the dataset was given in memory and is shipped).
+    source: Any = None
+
+    def worker_plan(self) -> WorkerPlan:
+        return WorkerPlan(dataset=self.dataset, data_hash=self.data_hash, split_protocol=self.splits.protocol,
+                          split_family=self.splits.family, split_params=dict(self.splits.params))
 
     @property
     def targets(self) -> dict[str, tuple[str, ...]]:
@@ -165,6 +182,8 @@ def ablation_components(spec: MethodSpec, config: dict) -> dict[str, bool]:
 @dataclass
 class RunSummary:
     out: Path
+    executor: str = "serial"
+    workers: int = 1
     done: int = 0
     skipped: int = 0
     failed: list[tuple[str, str, int, str]] = field(default_factory=list)  # (method, target, repeat, error)
@@ -221,7 +240,15 @@ def plan_run(
             )
         resolved.append(resolve_method(name, spec, overrides_for(name, overrides), ds.name, tgts))
     splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
-    return Plan(ds, splits, resolved, data_hash(ds))
+    source = None
+    if not isinstance(dataset, Dataset):
+        from agiqa_bench.executors import DatasetSource
+
+        source = DatasetSource(name=dataset, data_root=str(data_root) if data_root is not None else None,
+                               options={k: str(v) if isinstance(v, Path) else v
+                                        for k, v in (dataset_options or {}).items()},
+                               item_ids=tuple(it.id for it in ds.items))
+    return Plan(ds, splits, resolved, data_hash(ds), source)
 
 
 def _check_override_targets(overrides: dict[str, dict[str, Any]], names: Sequence[str]) -> None:
@@ -265,7 +292,8 @@ def _check_prompts(name: str, ds: Dataset) -> None:
 
 def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, float, float, dict]:
     """Train one model on the job's targets; (n_test, len(targets)) predictions, fit and predict seconds, info."""
-    method = build_method(job.method.name, job.method.config, context)
+    m = job.method  # built from the job's own spec: a worker process needs no registry lookup
+    method = load_class(m.spec)(m.spec, m.config, context, name=m.name)
     split, targets = job.split, job.targets
     train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
     if method.uses_test_oracle:
@@ -284,16 +312,18 @@ def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, 
     return pred, t1 - t0, t2 - t1, info
 
 
-def job_rows(job: Job, plan: Plan, *, device: str, out: Path, keep_checkpoints: bool) -> list[ResultRow]:
+def job_rows(job: Job, plan: Plan | WorkerPlan, *, device: str, out: Path, keep_checkpoints: bool) -> list[ResultRow]:
     """Run one job and turn its outcome into result rows ('ok' rows with metrics, or raise)."""
-    ds, splits, m, split = plan.dataset, plan.splits, job.method, job.split
+    plan = plan.worker_plan() if isinstance(plan, Plan) else plan
+    ds, m, split = plan.dataset, job.method, job.split
     context = MethodContext(
-        device=device, seed=method_seed(splits.params.get("seed", 0), split.repeat, m.name),
+        device=device, seed=method_seed(plan.split_params.get("seed", 0), split.repeat, m.name),
         repeat=split.repeat, dataset=ds.name, cache_dir=out / "cache" / ds.name / plan.data_hash,
         workdir=out, keep_checkpoints=keep_checkpoints)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pred, fit_s, pred_s, info = run_job(job, ds, context)
+        info = {**info, "threads": _threads()}
         test_items = ds.subset(split.test)
         rows = []
         for j, target in enumerate(job.targets):
@@ -309,11 +339,20 @@ def job_rows(job: Job, plan: Plan, *, device: str, out: Path, keep_checkpoints: 
     return rows
 
 
-def row_base(job: Job, plan: Plan) -> dict:
+def _threads() -> int | None:
+    """torch's intra-op threads for this job (CPU results depend on them), if torch is loaded."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def row_base(job: Job, plan: Plan | WorkerPlan) -> dict:
     """The fields every row of a job shares, whatever its outcome."""
-    m, split, splits = job.method, job.split, plan.splits
+    plan = plan.worker_plan() if isinstance(plan, Plan) else plan
+    m, split = job.method, job.split
     return dict(dataset=plan.dataset.name, data_hash=plan.data_hash, method=m.name, config_hash=m.config_hash,
-                split_protocol=splits.protocol, split_family=splits.family, split_hash=split.hash,
+                split_protocol=plan.split_protocol, split_family=plan.split_family, split_hash=split.hash,
                 repeat=split.repeat, config=m.config, overrides=m.labelled_overrides, harness_version=__version__,
                 method_info=m.provenance(), n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
 
@@ -327,52 +366,140 @@ def execute(
     keep_going: bool = True,
     keep_checkpoints: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
+    executor: Any = "serial",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_job: float | None = None,
+    wait_for_lock: bool = False,
+    threads_per_job: int | None = None,
 ) -> RunSummary:
-    """Run a plan's jobs, writing into `<out>/results.sqlite` (one transaction per job)."""
+    """Run a plan's jobs on an executor (`agiqa_bench.executors`: serial, local, ray, or an executor object),
+    writing into `<out>/results.sqlite` here, in the driver: one transaction per job, as outcomes arrive.
+
+    A lock file keeps a second run off the same `out` (it refuses, or waits with `wait_for_lock`).
+    Every job runs with `threads_per_job` torch/BLAS threads (default: the cores shared among the workers):
+    CPU results depend on the thread count, so equal counts give bitwise equal rows on any executor.
+    """
+    from agiqa_bench.executors import WorkerContext, make_executor
+
     out = Path(out)
     ds, splits = plan.dataset, plan.splits
-    plan.splits.save(out / "splits" / f"{ds.name}-{splits.protocol}-{splits.hash}.json")
     device = resolve_device(device)
     emit = on_event or (lambda kind, payload: None)
     summary = RunSummary(out)
-    unavailable: dict[str, str] = {}  # method -> why it cannot run here (recorded once, reused)
-    announced: set[str] = set()
-    with ResultStore(out) as store:
+    with RunLock(out, wait=wait_for_lock), ResultStore(out) as store:
+        plan.splits.save(out / "splits" / f"{ds.name}-{splits.protocol}-{splits.hash}.json")
+        todo = []
         for job in plan.jobs():
-            name = job.method.name
-            if name not in announced:
-                announced.add(name)
-                emit("method", {"method": name, "repeats": len(splits), "fits": len(job.method.target_groups)})
-            keys = job.keys(ds.name, plan.data_hash)
-            if not force and all(store.finished(k) for k in keys.values()):
+            if not force and all(store.finished(k) for k in job.keys(ds.name, plan.data_hash).values()):
                 summary.skipped += len(job.targets)
-                continue
-            try:
-                if name in unavailable:
-                    raise MethodUnavailable(unavailable[name])
-                rows = job_rows(job, plan, device=device, out=out, keep_checkpoints=keep_checkpoints)
-                store.write(rows)
-                summary.done += len(rows)
-                for row in rows:
-                    for message in row.info.get("warnings", []):
-                        summary.warnings[(name, message)] = summary.warnings.get((name, message), 0) + 1
-                emit("done", {"method": name, "repeat": job.split.repeat, "targets": job.targets,
-                              "srcc": [r.metrics["srcc"] for r in rows]})
-            except (KeyboardInterrupt, StoreError):  # the user stops, or the store cannot take rows: stop here
-                raise
-            except Exception as exc:  # isolate: record and continue with the rest
-                message = str(exc) if isinstance(exc, AgiqaBenchError) else (
-                    f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-                if isinstance(exc, MethodUnavailable):
-                    unavailable[name] = str(exc)
-                store.write([ResultRow(target=t, status="error", error=message, **row_base(job, plan))
+            else:
+                todo.append(job)
+        exe = executor if not isinstance(executor, (str, type(None))) else make_executor(
+            executor, workers=workers, n_jobs=len(todo), ray_address=ray_address, gpus_per_job=gpus_per_job)
+        summary.executor, summary.workers = exe.name, exe.workers or 0
+        for m in plan.methods:
+            n = sum(1 for job in todo if job.method.name == m.name)
+            emit("method", {"method": m.name, "repeats": len(splits), "fits": len(m.target_groups), "todo": n})
+        emit("start", {"jobs": len(todo), "executor": exe.name, "workers": exe.workers})
+        cores = os.cpu_count() or 1
+        ctx = WorkerContext(source=plan.source if plan.source is not None else _in_memory(plan), data_hash=plan.data_hash,
+                            split_protocol=splits.protocol, split_family=splits.family, split_params=dict(splits.params),
+                            device=device, out=str(out), keep_checkpoints=keep_checkpoints,
+                            threads=threads_per_job or (max(1, cores // exe.workers) if exe.workers else 1))
+        unavailable: dict[str, str] = {}  # method -> why it cannot run here (serial: recorded once, reused)
+        try:
+            for outcome in _outcomes(exe, ctx, todo, unavailable, emit):
+                job = todo[outcome.index]
+                name = job.method.name
+                if outcome.rows is not None:
+                    store.write(outcome.rows)
+                    summary.done += len(outcome.rows)
+                    for row in outcome.rows:
+                        for message in row.info.get("warnings", []):
+                            summary.warnings[(name, message)] = summary.warnings.get((name, message), 0) + 1
+                    emit("done", {"method": name, "repeat": job.split.repeat, "targets": job.targets,
+                                  "srcc": [r.metrics["srcc"] for r in outcome.rows]})
+                    continue
+                if outcome.unavailable:
+                    unavailable[name] = outcome.error
+                store.write([ResultRow(target=t, status="error", error=outcome.error, **row_base(job, plan))
                              for t in job.targets])
                 for t in job.targets:
-                    summary.failed.append((name, t, job.split.repeat, message.splitlines()[0] if message else ""))
-                emit("error", {"method": name, "repeat": job.split.repeat, "targets": job.targets, "error": message})
+                    summary.failed.append((name, t, job.split.repeat, outcome.error.splitlines()[0] if outcome.error else ""))
+                emit("error", {"method": name, "repeat": job.split.repeat, "targets": job.targets, "error": outcome.error})
                 if not keep_going:
-                    return summary
+                    break
+        finally:
+            exe.close()
     return summary
+
+
+def _in_memory(plan: Plan):
+    from agiqa_bench.executors import DatasetSource
+
+    return DatasetSource(name=plan.dataset.name, dataset=plan.dataset)
+
+
+def _outcomes(exe, ctx, todo, unavailable, emit):
+    """The executor's outcomes; the serial one skips the jobs of a method already found unavailable."""
+    from agiqa_bench.executors import JobOutcome, SerialExecutor, run_one, set_threads
+
+    if isinstance(exe, SerialExecutor):
+        set_threads(ctx.threads)
+        for index, job in enumerate(todo):
+            name = job.method.name
+            emit("running", {"method": name, "repeat": job.split.repeat})
+            if name in unavailable:
+                yield JobOutcome(index, error=unavailable[name], unavailable=True)
+            else:
+                yield run_one(ctx, index, job)
+        return
+    yield from exe.run(ctx, todo)
+
+
+class RunLock:
+    """`<out>/.agiqa-bench.lock`: one run per output folder at a time (an advisory lock, released on exit
+    and by the kernel when the process dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, out: Path, *, wait: bool = False):
+        self.path = Path(out) / ".agiqa-bench.lock"
+        self.wait = wait
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        from agiqa_bench.outputs import output_error
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise output_error(self.path.parent, "use the output folder", exc) from None
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise ConfigError(f"{self.path.parent} is in use by another agiqa-bench run ({holder}); wait for it to "
+                              "finish, pass --wait to queue behind it, or use another --out") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
 
 
 def run_benchmark(methods: Sequence[str] | None = None, dataset: str | Dataset = "synthetic", *,

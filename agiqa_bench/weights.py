@@ -294,13 +294,17 @@ def _fetch(source: Source, *, method: str, param: str, download: bool, hint: str
         why = OFFLINE_WHY if offline() else "not in the local cache"
         raise NotCached(str(unavailable(method, param, what, why, source.where(), hint)))
     try:
-        with _download_lock:
+        with _download_lock:  # threads of this process; the file lock below: other worker processes
             if source.url:
                 import torch.hub
 
+                from agiqa_bench.cache import file_lock
+
                 path = source.cache_path()
                 path.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(source.url, str(path), progress=True)
+                with file_lock(path.with_name(path.name + ".lock")):
+                    if not path.is_file():  # another worker may have fetched it while this one waited
+                        torch.hub.download_url_to_file(source.url, str(path), progress=True)
                 return path
             from huggingface_hub import hf_hub_download
 

@@ -66,7 +66,9 @@ class Brightness(Method):
 
     `fail_on_repeat` raises at that repeat.  The environment variable
     AGIQA_TEST_KILL_AT=r SIGKILLs the whole process when fitting repeat r (to
-    test resuming after a hard kill with an unchanged configuration).
+    test resuming after a hard kill with an unchanged configuration);
+    AGIQA_TEST_KILL_ONCE=r:FILE does so only in the first process that gets there
+    (a worker killed mid-job, whose retry then succeeds).
     """
 
     params = {"fail_on_repeat": -1}
@@ -78,6 +80,12 @@ class Brightness(Method):
         super().fit(train, val, targets)
         if str(self.context.repeat) == os.environ.get("AGIQA_TEST_KILL_AT"):
             os.kill(os.getpid(), signal.SIGKILL)
+        once = os.environ.get("AGIQA_TEST_KILL_ONCE")  # "repeat:marker file": the first process there dies
+        if once and once.split(":", 1)[0] == str(self.context.repeat):
+            marker = Path(once.split(":", 1)[1])
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
         if self.context.repeat == self.config["fail_on_repeat"]:
             raise RuntimeError("boom at this repeat")
         y = np.array([it.targets[targets[0]] for it in train])

@@ -1,0 +1,356 @@
+"""Executors: where a plan's jobs run.  The driver (`runner.execute`) alone writes the store.
+
+    serial   every job in this process, one after the other (`--workers 1`, for debugging)
+    local    a pool of worker processes on this machine (`--workers N`)
+    ray      Ray core tasks, on a local Ray instance or a cluster (`--ray-address auto|HOST:PORT`)
+
+An executor receives a `WorkerContext` (what a worker needs to rebuild the dataset: its
+name, root and options, or the dataset itself when it was given in memory; the splits'
+facts; device, output folder) and a list of `Job`s, and yields one `JobOutcome` per job,
+in completion order: the job's result rows, or its error.  Workers never open the store.
+
+Faults: a worker process that dies mid-job (kill -9, out of memory, a lost Ray node)
+leaves its job unfinished; the job is run again, up to `max_tries` times in all, then
+recorded as failed with the reason.  Ctrl-C stops the workers (the driver keeps what was
+stored).  Jobs run longest first (`longest_first`): trainings before feature fits before
+zero-shot scoring, so the run does not end waiting on one long job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from agiqa_bench.errors import AgiqaBenchError, ConfigError, MethodUnavailable
+
+EXECUTORS = ("serial", "local", "ray")
+MAX_TRIES = 3
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """How a worker rebuilds the plan's dataset: load it by name (then keep the plan's items), or use it as is."""
+
+    name: str | None = None
+    data_root: str | None = None
+    options: dict = field(default_factory=dict)
+    item_ids: tuple[str, ...] = ()
+    dataset: Any = None  # a Dataset given in memory (shipped whole)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a worker needs besides the job: plain, picklable data."""
+
+    source: DatasetSource
+    data_hash: str
+    split_protocol: str
+    split_family: str
+    split_params: dict
+    device: str
+    out: str
+    keep_checkpoints: bool = False
+    threads: int | None = None  # torch / BLAS threads per worker (None: leave as is)
+
+
+@dataclass
+class JobOutcome:
+    index: int
+    rows: list | None = None  # ResultRows of a finished job
+    error: str | None = None  # the error message of a failed job
+    unavailable: bool = False  # the error says the method cannot run here (weights, packages)
+    tries: int = 1
+
+
+def longest_first(jobs: Sequence) -> list[int]:
+    """Job indices, trainable torch methods first, then feature + SVR fits, then zero-shot scoring;
+    the plan's order within each class (stable)."""
+    def rank(job) -> int:
+        spec = job.method.spec
+        if spec.kind == "trainable" and spec.family in ("ours", "deep"):
+            return 0
+        return 1 if spec.kind == "trainable" else 2
+
+    return sorted(range(len(jobs)), key=lambda i: rank(jobs[i]))
+
+
+# -- the worker side ---------------------------------------------------------------------------
+_worker_state: dict[str, Any] = {}
+
+
+def _dataset_for(ctx: WorkerContext):
+    """The plan's dataset, rebuilt once per worker process and checked against the plan's labels hash."""
+    key = (ctx.source.name, ctx.source.data_root, repr(sorted(ctx.source.options.items())), ctx.data_hash)
+    cached = _worker_state.get("dataset")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    from agiqa_bench.runner import data_hash
+
+    if ctx.source.dataset is not None:
+        ds = ctx.source.dataset
+    else:
+        from agiqa_bench.datasets import load_dataset
+
+        options = {**ctx.source.options, "check_images": False}  # the driver checked every image already
+        full = load_dataset(ctx.source.name, ctx.source.data_root, **options)
+        ds = full
+        if ctx.source.item_ids and len(ctx.source.item_ids) != len(full):  # the driver dropped some (bad images)
+            from dataclasses import replace
+
+            keep = set(ctx.source.item_ids)
+            ds = replace(full, items=[it for it in full.items if it.id in keep])
+    if data_hash(ds) != ctx.data_hash:
+        raise ConfigError(f"dataset {ctx.source.name!r} on this worker ({os.uname().nodename}) differs from the "
+                          f"driver's (labels hash {data_hash(ds)} vs {ctx.data_hash}); give every machine the same "
+                          "files at the same path, or a --data-root valid there")
+    _worker_state["dataset"] = (key, ds)
+    return ds
+
+
+def set_threads(threads: int | None) -> None:
+    """torch and BLAS threads of this process (environment too, for libraries loaded later)."""
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
+    """Run one job in this process; an error becomes an outcome, never an exception."""
+    from agiqa_bench.runner import WorkerPlan, job_rows
+
+    try:
+        plan = WorkerPlan(dataset=_dataset_for(ctx), data_hash=ctx.data_hash, split_protocol=ctx.split_protocol,
+                          split_family=ctx.split_family, split_params=ctx.split_params)
+        rows = job_rows(job, plan, device=ctx.device, out=Path(ctx.out), keep_checkpoints=ctx.keep_checkpoints)
+        return JobOutcome(index, rows=rows)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # isolate: the driver records it and goes on
+        message = str(exc) if isinstance(exc, AgiqaBenchError) else (
+            f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+        return JobOutcome(index, error=message, unavailable=isinstance(exc, MethodUnavailable))
+
+
+def _init_local_worker(ctx: WorkerContext) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    set_threads(ctx.threads)
+    _worker_state["ctx"] = ctx
+
+
+def _local_task(index: int, job) -> JobOutcome:
+    return run_one(_worker_state["ctx"], index, job)
+
+
+# -- executors -----------------------------------------------------------------------------------
+class SerialExecutor:
+    """Every job in this process, in the plan's order."""
+
+    name = "serial"
+    workers = 1
+
+    def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
+        for index, job in enumerate(jobs):
+            yield run_one(ctx, index, job)
+
+    def close(self) -> None:
+        pass
+
+
+def _failure(index: int, tries: int, why: str) -> JobOutcome:
+    return JobOutcome(index, error=f"the worker running this job stopped ({why}) in {tries} tries; "
+                                   "rerun the same command to try again", tries=tries)
+
+
+class LocalExecutor:
+    """A pool of `workers` spawned processes; at most `workers` jobs in flight, longest first."""
+
+    name = "local"
+
+    def __init__(self, workers: int, *, max_tries: int = MAX_TRIES):
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
+        self.workers = workers
+        self.max_tries = max_tries
+        self._pool = None
+
+    def _new_pool(self, ctx: WorkerContext):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                         initializer=_init_local_worker, initargs=(ctx,))
+        return self._pool
+
+    def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        pending = deque(longest_first(jobs))
+        tries = {i: 0 for i in pending}
+        while pending:
+            pool = self._new_pool(ctx)
+            inflight: dict = {}
+            broken = False
+            while (pending or inflight) and not broken:
+                while pending and len(inflight) < self.workers:
+                    i = pending.popleft()
+                    tries[i] += 1
+                    inflight[pool.submit(_local_task, i, jobs[i])] = i
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = inflight.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        if tries[i] >= self.max_tries:
+                            yield _failure(i, tries[i], "its process died")
+                        else:
+                            pending.appendleft(i)
+                        continue
+                    outcome.tries = tries[i]
+                    yield outcome
+            if broken:  # every job in flight on the broken pool is run again (or given up)
+                for fut, i in inflight.items():
+                    if tries[i] >= self.max_tries:
+                        yield _failure(i, tries[i], "its process died")
+                    else:
+                        pending.appendleft(i)
+            self.close()
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for proc in list(getattr(pool, "_processes", {}).values()):  # stop running jobs now, not after them
+            if proc.is_alive():
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ray_token_present() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _ray_task(ctx: WorkerContext, index: int, job, threads: int | None) -> JobOutcome:
+    set_threads(threads)
+    return run_one(ctx, index, job)
+
+
+class RayExecutor:
+    """Ray core tasks; each asks for the CPUs (and GPU share) of its method's kind."""
+
+    name = "ray"
+
+    def __init__(self, workers: int | None, *, address: str | None = None, gpus_per_job: float | None = None,
+                 max_tries: int = MAX_TRIES):
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--executor ray needs Ray: pip install -e \".[ray]\" (or pip install ray)") from None
+        self.address = address
+        self.gpus_per_job = gpus_per_job
+        self.max_tries = max_tries
+        self.workers = workers or 0  # 0: as many tasks at once as the cluster has CPUs
+        self._started = False
+
+    def _connect(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "configure_logging": False}
+        if self.address and self.address != "auto" and "RAY_AUTH_MODE" not in os.environ and _ray_token_present():
+            # Ray >= 2.5x clusters started by `ray start` use token authentication; `address="auto"` finds the
+            # token by itself, an explicit HOST:PORT join needs the mode said (the token comes from
+            # ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)
+            os.environ["RAY_AUTH_MODE"] = "token"
+        try:
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.workers or os.cpu_count() or 1, **kwargs)
+        except Exception as exc:  # Ray raises many kinds (connection, auth, version)
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+            why = " ".join(str(exc).split())
+            hint = ("; the cluster uses token authentication: put its token in ~/.ray/auth_token or RAY_AUTH_TOKEN "
+                    "(`ray get-auth-token` on the head node prints it)" if "auth" in why.lower() else
+                    "; start one with `ray start --head` or pass --ray-address auto" if self.address else "")
+            raise ConfigError(f"cannot connect to {where}: {type(exc).__name__}: {why[:300]}{hint}") from None
+        self._started = True
+
+    def resources(self, job) -> dict[str, float]:
+        """CPUs per task (1; trainings: all a worker slot has) and a GPU share for trainable torch methods."""
+        spec = job.method.spec
+        torch_training = spec.kind == "trainable" and spec.family in ("ours", "deep")
+        out: dict[str, float] = {"num_cpus": 1}  # a Ray CPU is a scheduling slot; threads come from the context
+        if torch_training and self.gpus_per_job:
+            out["num_gpus"] = float(self.gpus_per_job)
+        return out
+
+    def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
+        import ray
+
+        self._connect()
+        task = ray.remote(_ray_task)
+        ctx_ref = ray.put(ctx)
+        order = deque(longest_first(jobs))
+        limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        inflight: dict = {}
+        while order or inflight:
+            while order and len(inflight) < limit:
+                i = order.popleft()
+                res = self.resources(jobs[i])
+                ref = task.options(max_retries=self.max_tries - 1, **res).remote(ctx_ref, i, jobs[i], ctx.threads)
+                inflight[ref] = i
+            ready, _ = ray.wait(list(inflight), num_returns=1)
+            for ref in ready:
+                i = inflight.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker or its node died, after Ray's retries
+                    yield _failure(i, self.max_tries, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+
+def default_workers(n_jobs: int) -> int:
+    """As many workers as cores (and no more than there are jobs)."""
+    return max(1, min(os.cpu_count() or 1, n_jobs))
+
+
+def make_executor(kind: str | None, *, workers: int | None, n_jobs: int, ray_address: str | None = None,
+                  gpus_per_job: float | None = None):
+    """The executor `run` asks for: `kind` None means local when more than one worker is useful, else serial."""
+    if kind is not None and kind not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
+    if ray_address and kind in (None, "ray"):
+        kind = "ray"
+    n = workers if workers is not None else default_workers(n_jobs)
+    if kind is None:
+        kind = "local" if n > 1 else "serial"
+    if kind == "serial":
+        return SerialExecutor()
+    if kind == "local":
+        return LocalExecutor(n)
+    return RayExecutor(workers if workers is not None or ray_address else n, address=ray_address,
+                       gpus_per_job=gpus_per_job)
