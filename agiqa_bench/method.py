@@ -15,6 +15,10 @@ Contract:
   the targets it was fitted on.
 - Same params + same context seed => same predictions (tested for every
   registered method).
+
+Hyperparameters are declared once, as a frozen dataclass beside the class
+(`params = MyMethodParams`, see `agiqa_bench.params`); the resolved values
+reach the method as the plain dict `self.config`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 
 from agiqa_bench.errors import ConfigError
+from agiqa_bench.params import NoParams, declaration
 from agiqa_bench.records import Item
 
 Kind = Literal["zero-shot", "trainable"]
@@ -109,11 +114,13 @@ class MethodContext:
 
 
 class Method:
-    """Base class.  Subclasses declare `params` (defaults) and implement `predict`."""
+    """Base class.  Subclasses declare `params` (a frozen dataclass of hyperparameters) and implement `predict`."""
 
-    #: Hyperparameters: a dataclass of `agiqa_bench.params.param(...)` fields (defaults, types, ranges; see
-    #: `agiqa_bench.params`), or a plain dict of defaults; `--set name.key=value` overrides them.
-    params: ClassVar[Any] = {}
+    #: Hyperparameters: a frozen dataclass of `agiqa_bench.params.param(...)` fields, each with its default, type,
+    #: range or choices and help (see `agiqa_bench.params`); read it through `params.declaration()` /
+    #: `params.defaults()`.  A plain dict of defaults (no ranges) is still accepted from older plugins.
+    #: `--set name.key=value` overrides them, checked while the run is planned.
+    params: ClassVar[Any] = NoParams
     #: Parameters that change speed or memory only, never a score (e.g. an inference batch size):
     #: recorded with the results but left out of the configuration hash and of table labels, so
     #: changing them neither starts new rows nor splits a method's results.
@@ -170,8 +177,6 @@ class Method:
 def resolve_params(name: str, params: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults updated with overrides, each converted to its declared type and checked against its range
     (`agiqa_bench.params`); an unknown key is an error listing the valid ones."""
-    from agiqa_bench.params import declaration
-
     declared = declaration(params)
     unknown = sorted(set(overrides) - set(declared))
     if unknown:

@@ -13,9 +13,12 @@ A method declares
 and the harness reads it with `declaration(MySVR.params)`: every `--set`, variant and
 per-dataset default is coerced to the declared type and checked against the range
 or choices while the run is planned, before any work, with the allowed values in the
-message (`method.C: must be > 0, got -1`).  Subclasses extend a declaration by
-subclassing the dataclass.  A plain dict of defaults (older plugins) still works: its
-types come from the defaults and it has no ranges.
+message (`method.C: must be a number > 0; got -1.0`).  Subclasses extend a declaration
+by subclassing the dataclass; `with_defaults` changes inherited defaults and keeps their
+ranges.  `from_config` builds another dataclass (a trainer's or a model's configuration)
+from the resolved parameters whose names are its fields, so a hyperparameter is declared
+once and read once.  A plain dict of defaults (older plugins) still works: its types
+come from the defaults and it has no ranges.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from agiqa_bench.errors import ConfigError
 
 _KEY = "agiqa_bench.param"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,8 +66,10 @@ class Param:
         kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(self.kind, "any value")
         return f"{kind} {bounds}".strip()
 
-    def check(self, value: Any, where: str) -> Any:
-        """`value` (a CLI string or a Python value) converted to the declared type and checked."""
+    def check(self, value: Any, where: str | None = None) -> Any:
+        """`value` (a CLI string or a Python value) converted to the declared type and checked; `where` (default:
+        the parameter's name) starts the error message."""
+        where = self.name if where is None else where
         value = self._convert(value, where)
         if self.choices is not None:
             if value not in self.choices:
@@ -114,6 +120,59 @@ def param(default: Any, *, gt: float | None = None, ge: float | None = None, lt:
     meta = {"gt": gt, "ge": ge, "lt": lt, "le": le, "choices": tuple(choices) if choices is not None else None,
             "help": help}
     return dataclasses.field(default=default, metadata={_KEY: meta})
+
+
+def with_defaults(**changes: Any) -> Callable[[type[T]], type[T]]:
+    """Class decorator, under `@dataclass`: the subclass's inherited parameters `changes` get new defaults,
+    keeping their declared ranges, choices and help.
+
+        @dataclass(frozen=True)
+        @with_defaults(epochs=16, lr=2e-5)
+        class HyperIQAParams(DeepIQAParams):
+            backbone_weights: str = param("imagenet", help="...")
+    """
+
+    def wrap(cls: type[T]) -> type[T]:
+        inherited: dict[str, dataclasses.Field] = {}
+        for base in reversed(cls.__mro__[1:]):
+            if dataclasses.is_dataclass(base):
+                inherited.update({f.name: f for f in dataclasses.fields(base)})
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for name, default in changes.items():
+            if name not in inherited:
+                raise TypeError(f"{cls.__name__}: with_defaults({name}=...) names no inherited parameter")
+            if name in annotations:
+                raise TypeError(f"{cls.__name__}: {name} is declared in the class and in with_defaults")
+            base_field = inherited[name]
+            annotations[name] = base_field.type
+            setattr(cls, name, dataclasses.field(default=default, metadata=base_field.metadata))
+        cls.__annotations__ = annotations
+        return cls
+
+    return wrap
+
+
+def from_config(target: type[T], config: Mapping[str, Any], **changes: Any) -> T:
+    """An instance of the dataclass `target` from the entries of `config` named like its fields, each converted to
+    the type of the field's default (bool, int or float; text and other values as they are), then `changes` as
+    given.  Fields that `config` lacks keep their defaults."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(target):  # type: ignore[arg-type]
+        if f.name not in config or not f.init:
+            continue
+        value, default = config[f.name], f.default
+        for kind in (bool, int, float):
+            if isinstance(default, kind):
+                value = kind(value)
+                break
+        values[f.name] = value
+    values.update(changes)
+    return target(**values)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The declaration of a method without hyperparameters."""
 
 
 def declaration(params: Any) -> dict[str, Param]:

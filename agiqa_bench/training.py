@@ -32,13 +32,14 @@ import copy
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from agiqa_bench.clip import CLIP_MEAN, CLIP_STD
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.images import load_rgb
+from agiqa_bench.params import from_config
 from agiqa_bench.records import Item
 
 SELECTIONS = ("val", "last", "test-oracle")
@@ -108,23 +109,37 @@ class TrainConfig:
     test_crops: int = 0  # 0: score the whole image; n: mean over n crops of crop_size
     test_crop_mode: str = "grid"  # "grid" | "random"
 
+    @classmethod
+    def from_params(cls, config: Mapping[str, Any], *, where: str = "", **changes) -> "TrainConfig":
+        """The training configuration from a method's resolved parameters: every parameter named like a field,
+        converted to the field's type (`lr_milestones`: comma-separated epochs); then `changes` as given.
+        The ranges and choices are the method's declaration (`agiqa_bench.params`), checked at plan time."""
+        if "lr_milestones" in config and "lr_milestones" not in changes:
+            changes["lr_milestones"] = int_tuple(config["lr_milestones"], f"{where}.lr_milestones".lstrip("."))
+        return from_config(cls, config, **changes)
+
     def check(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be at least 1")
-        for name, value, allowed in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
-                                     ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
-                                     ("test_crop_mode", self.test_crop_mode, CROP_MODES)):
-            if value not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        """What the per-parameter declarations cannot say: the crops against the image size."""
         if not 0 <= self.crop_size <= self.image_size:
             raise ConfigError(f"crop_size must be between 0 (no crop) and image_size ({self.image_size}), "
                               f"got {self.crop_size}")
-        if self.crops_per_image < 1 or self.test_crops < 0:
-            raise ConfigError("crops_per_image must be at least 1 and test_crops at least 0")
         if self.test_crops and not self.crop_size:
             raise ConfigError("test_crops > 0 needs crop_size > 0 (the size of the crops)")
+
+
+def int_tuple(text: Any, where: str) -> tuple[int, ...]:
+    """'10,20,30' -> (10, 20, 30); '' -> ()."""
+    if isinstance(text, (tuple, list)):
+        return tuple(int(v) for v in text)
+    try:
+        return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{where}: expected comma-separated integers, got {text!r}") from None
+
+
+def unknown(what: str, value: Any, allowed: Sequence[str]) -> ValueError:
+    """A name no branch handles (a caller that bypassed the method's declaration): never a silent default."""
+    return ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -133,7 +148,9 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
         return float(config.lr_gamma) ** sum(epoch >= m for m in config.lr_milestones)
     if config.lr_schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
-    return 1.0
+    if config.lr_schedule == "constant":
+        return 1.0
+    raise unknown("lr_schedule", config.lr_schedule, LR_SCHEDULES)
 
 
 def warmup_cosine(step: int, total: int, base: float, warmup: int, schedule: str = "cosine") -> float:
@@ -154,7 +171,9 @@ def make_optimizer(groups: list[dict], config: TrainConfig):
         return torch.optim.Adam(groups, lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+    raise unknown("optimizer", config.optimizer, OPTIMIZERS)
 
 
 def crop_positions(size: int, crop: int, n: int, mode: str, rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
@@ -165,6 +184,8 @@ def crop_positions(size: int, crop: int, n: int, mode: str, rng: np.random.Gener
     tiles).  `random`: uniform positions drawn from `rng`.
     """
     span = size - crop
+    if mode not in CROP_MODES:
+        raise unknown("test_crop_mode", mode, CROP_MODES)
     if mode == "random":
         if rng is None:
             raise ValueError("random crops need an rng")
@@ -290,6 +311,10 @@ def fit_regressor(
     import torch
 
     config.check()
+    if config.selection not in SELECTIONS:
+        raise unknown("selection", config.selection, SELECTIONS)
+    if config.loss not in LOSSES:
+        raise unknown("loss", config.loss, LOSSES)
     if config.selection == "val" and not val:
         raise ConfigError("selection 'val' needs a validation part; use --val-fraction > 0 or selection=last")
     if config.selection == "test-oracle" and not oracle:

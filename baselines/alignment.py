@@ -42,6 +42,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -49,9 +50,10 @@ import numpy as np
 from agiqa_bench.clip import image_transform as clip_image_transform
 from agiqa_bench.clip import tokenizer_for
 from agiqa_bench.cache import FeatureCache, namespace_for
-from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.errors import MethodUnavailable
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method
+from agiqa_bench.params import param
 from agiqa_bench.records import Item
 
 #: How many batches are scored between two cache writes.
@@ -113,6 +115,13 @@ def memo_model(key: dict[str, Any], build: Callable[[], Any]) -> Any:
     return _MODEL_MEMO[text]
 
 
+@dataclass(frozen=True)
+class AlignmentScorerParams:
+    """What every alignment scorer has; each scorer extends it."""
+
+    batch_size: int = param(16, ge=1, help="pairs scored per batch (speed only: pairs are scored independently)")
+
+
 class AlignmentScorer(Method):
     """Base class: one score per (image, prompt) pair, cached, computed in batches.
 
@@ -122,7 +131,7 @@ class AlignmentScorer(Method):
     `fetch_weights` makes weights files local before scoring.
     """
 
-    params: ClassVar[dict[str, Any]] = {"batch_size": 16}
+    params: ClassVar[type] = AlignmentScorerParams
     runtime_params: ClassVar[tuple[str, ...]] = ("batch_size",)  # pairs are scored independently
     #: Cache namespace prefix: scorers of one family with equal parameters share scores.
     family: ClassVar[str] = "alignment"
@@ -132,8 +141,6 @@ class AlignmentScorer(Method):
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self.info: dict[str, Any] = {}
-        if int(self.config["batch_size"]) < 1:
-            raise ConfigError(f"{spec.name}.batch_size must be at least 1")
 
     # -- to implement ------------------------------------------------------------------
     def weights_problem(self) -> str | None:

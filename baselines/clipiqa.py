@@ -82,6 +82,7 @@ model's native size, or at ``image_size`` via ``force_image_size``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -90,8 +91,9 @@ from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec
+from agiqa_bench.params import param
 from agiqa_bench.records import Item
-from agiqa_bench.training import TrainConfig, fit_regressor, normalise
+from agiqa_bench.training import SELECTIONS, TrainConfig, fit_regressor, normalise
 from agiqa_bench.clip import (
     clip_weights,
     clip_weights_problem,
@@ -134,26 +136,33 @@ DEFAULT_NEGATIVE = "Bad photo."
 FEATURE_VERSION = 1
 #: The fit loop's pixel batch is ignored by CLIP-IQA+ (cached features are used): keep it tiny.
 _IGNORED_PIXELS = 8
+#: Where the class words sit among CLIP-IQA+'s context tokens, and how the contexts start (official options).
+CLASS_POSITIONS = ("middle", "end", "front")
+CTX_INITS = ("normal", "x")
+
+
+@dataclass(frozen=True)
+class CLIPIQAParams:
+    """CLIP-IQA's backbone and antonym prompts (the official ones by default)."""
+
+    clip_model: str = param("RN50-quickgelu", help="open_clip architecture")
+    pretrained: str = param("openai", help="open_clip tag, checkpoint path, or '' for random weights")
+    positive: str = param(DEFAULT_POSITIVE, help="the positive prompt")
+    negative: str = param(DEFAULT_NEGATIVE, help="the negative prompt")
+    image_size: int = param(0, ge=0, help="0: native resolution (official); N: bicubic N x N square")
+    pos_embedding: bool = param(False, help="keep the visual attention pool's positional embedding (resized)")
+
 
 class CLIPIQA(Method):
     """Zero-shot CLIP-IQA: p("Good photo.") against "Bad photo." (same score for every target)."""
 
-    params: ClassVar[dict[str, Any]] = {
-        "clip_model": "RN50-quickgelu",
-        "pretrained": "openai",
-        "positive": DEFAULT_POSITIVE,
-        "negative": DEFAULT_NEGATIVE,
-        "image_size": 0,  # 0: native resolution (official); N: bicubic N x N square
-        "pos_embedding": False,
-    }
+    params: ClassVar[type] = CLIPIQAParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self._clip = None
         self._cache: FeatureCache | None = None
         self.info: dict[str, Any] = {}
-        if int(self.config["image_size"]) < 0:
-            raise ConfigError(f"{spec.name}.image_size must be 0 (native resolution) or a side in pixels")
         if not str(self.config["positive"]).strip() or not str(self.config["negative"]).strip():
             raise ConfigError(f"{spec.name}: positive and negative prompts must not be empty")
 
@@ -238,22 +247,26 @@ class CLIPIQA(Method):
         return p[:, 0].cpu().numpy().astype(np.float64)
 
 
+@dataclass(frozen=True)
+class CLIPIQAPlusParams(CLIPIQAParams):
+    """CLIP-IQA's parameters, the CoOp prompt learner's and its training (read into TrainConfig by name)."""
+
+    n_ctx: int = param(16, ge=1, help="learned context tokens per prompt")
+    class_position: str = param("middle", choices=CLASS_POSITIONS, help="where the class words sit in the context")
+    class_specific: bool = param(False, help="one context per prompt of a pair (false: shared)")
+    ctx_init: str = param("normal", choices=CTX_INITS, help="normal: N(0, 0.02); x: the embedding of 'X'")
+    epochs: int = param(50, ge=1, help="training epochs")
+    batch_size: int = param(64, ge=1, help="training batch size")
+    lr: float = param(2e-3, gt=0, help="AdamW learning rate of the contexts")
+    weight_decay: float = param(0.0, ge=0, help="AdamW weight decay")
+    hflip: bool = param(True, help="random horizontal flips in training (on cached mirrored features)")
+    selection: str = param("val", choices=SELECTIONS, help="epoch selection: val, last, or test-oracle (labelled)")
+
+
 class CLIPIQAPlus(CLIPIQA):
     """CLIP-IQA+: CoOp contexts around the antonym prompts, one pair per target, trained per split."""
 
-    params: ClassVar[dict[str, Any]] = {
-        **CLIPIQA.params,
-        "n_ctx": 16,
-        "class_position": "middle",
-        "class_specific": False,
-        "ctx_init": "normal",
-        "epochs": 50,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "weight_decay": 0.0,
-        "hflip": True,
-        "selection": "val",
-    }
+    params: ClassVar[type] = CLIPIQAPlusParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
@@ -283,10 +296,9 @@ class CLIPIQAPlus(CLIPIQA):
         return CLIPIQAPlusModel(clip, prompts, lo, hi).to(self.context.device)
 
     def train_config(self):
-        c = self.config
-        return TrainConfig(epochs=int(c["epochs"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
-                           weight_decay=float(c["weight_decay"]), image_size=_IGNORED_PIXELS, hflip=False,
-                           selection=c["selection"], amp=False)
+        # the image features are cached: `image_size` and `hflip` are not the loop's pixels (hflip: mirrored features)
+        return TrainConfig.from_params(self.config, where=self.spec.name, image_size=_IGNORED_PIXELS, hflip=False,
+                                       amp=False)
 
     def _extras(self, items: Sequence[Item]) -> list:
         import torch

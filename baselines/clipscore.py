@@ -45,14 +45,15 @@ package (same architecture and weights); features in fp32 on every device
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.errors import ConfigError
-from baselines.alignment import OpenCLIPScorer
 from agiqa_bench.clip import clip_weights, clip_weights_problem, open_clip_identity
 from agiqa_bench.method import MethodSpec
+from agiqa_bench.params import param, with_defaults
+from baselines.alignment import AlignmentScorerParams, OpenCLIPScorer
 
 SPEC = MethodSpec(
     name="clipscore",
@@ -84,22 +85,22 @@ def clipscore_from_cosine(cos: np.ndarray, w: float = DEFAULT_W) -> np.ndarray:
     return w * np.clip(np.asarray(cos, dtype=np.float64), 0.0, None)
 
 
+@dataclass(frozen=True)
+@with_defaults(batch_size=32)
+class CLIPScoreParams(AlignmentScorerParams):
+    """The official CLIPScore: ViT-B/32, the caption prefix and w = 2.5."""
+
+    clip_model: str = param("ViT-B-32-quickgelu", help="open_clip architecture")
+    pretrained: str = param("openai", help="open_clip tag or checkpoint path")
+    prefix: str = param(DEFAULT_PREFIX, help="text put before each prompt")
+    w: float = param(DEFAULT_W, gt=0, help=f"scale of the clipped cosine (the official value is {DEFAULT_W})")
+
+
 class CLIPScore(OpenCLIPScorer):
     """CLIPScore = w * max(cos(image, "A photo depicts " + prompt), 0), zero-shot."""
 
-    params: ClassVar[dict[str, Any]] = {
-        "clip_model": "ViT-B-32-quickgelu",
-        "pretrained": "openai",
-        "prefix": DEFAULT_PREFIX,
-        "w": DEFAULT_W,
-        "batch_size": 32,
-    }
+    params: ClassVar[type] = CLIPScoreParams
     family: ClassVar[str] = "clipscore"
-
-    def __init__(self, spec, config=None, context=None, *, name=None):
-        super().__init__(spec, config, context, name=name)
-        if float(self.config["w"]) <= 0:
-            raise ConfigError(f"{spec.name}.w must be positive (the official value is {DEFAULT_W})")
 
     def captions(self, prompts: Sequence[str]) -> list[str]:
         return [caption_for(p, str(self.config["prefix"])) for p in prompts]

@@ -35,10 +35,12 @@ labelled in reports).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-from baselines.deep import TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec
+from agiqa_bench.params import param, with_defaults
+from baselines.deep import DeepIQAMethod, DeepIQAParams
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,13 +68,17 @@ SPEC = MethodSpec(
 )
 
 
+@dataclass(frozen=True)
+@with_defaults(image_size=512, crop_size=384, epochs=50, batch_size=64, optimizer="adamw", lr=1e-3, weight_decay=0.01,
+               lr_schedule="step", lr_milestones="10,20,30,40", lr_gamma=0.5, loss="mse")
+class CNNIQAParams(DeepIQAParams):
+    """pyiqa's CNNIQA recipe (see the module docstring)."""
+
+    lcn: bool = param(False, help="local contrast normalisation of the input (the paper's patches)")
+
+
 class CNNIQAMethod(DeepIQAMethod):
-    params: ClassVar[dict[str, Any]] = {
-        **TRAIN_PARAMS,
-        "image_size": 512, "crop_size": 384, "epochs": 50, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
-        "weight_decay": 0.01, "lr_schedule": "step", "lr_milestones": "10,20,30,40", "lr_gamma": 0.5, "loss": "mse",
-        "lcn": False,
-    }
+    params: ClassVar[type] = CNNIQAParams
     mean = (0.0, 0.0, 0.0)  # pyiqa feeds CNNIQA [0, 1] pixels
     std = (1.0, 1.0, 1.0)
 

@@ -70,7 +70,7 @@ Points where this port cannot (or does not) follow MATLAB exactly:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
@@ -78,6 +78,7 @@ from scipy import ndimage
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.images import load_rgb, to_gray
 from agiqa_bench.method import Method, MethodSpec
+from agiqa_bench.params import NoParams
 from agiqa_bench.records import Item
 
 SPEC = MethodSpec(
@@ -323,7 +324,7 @@ def cpbd_sharpness(gray: np.ndarray) -> float:
 class CPBD(Method):
     """Zero-shot sharpness: one CPBD score per image (higher = sharper)."""
 
-    params: ClassVar[dict[str, Any]] = {}
+    params: ClassVar[type] = NoParams  # no hyperparameters
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if not items:

@@ -35,16 +35,18 @@ in the default run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar
 
-from agiqa_bench.training import TrainConfig
+from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.params import param, with_defaults
+from agiqa_bench.training import OPTIMIZERS, TrainConfig
 from baselines.deep import (
     IMAGENET_VGG16,
     PYIQA_SCNN,
-    TRAIN_PARAMS,
     DeepIQAMethod,
+    DeepIQAParams,
 )
-from agiqa_bench.method import MethodSpec, Weights
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,17 +79,23 @@ SPEC = MethodSpec(
 )
 
 
+@dataclass(frozen=True)
+@with_defaults(image_size=512, crop_size=448, batch_size=8, loss="mse",
+               # stage 2: everything
+               epochs=50, optimizer="adam", lr=1e-5, weight_decay=5e-4, eval_batch_size=16)
+class DBCNNParams(DeepIQAParams):
+    """The official two-stage DBCNN recipe (see the module docstring)."""
+
+    backbone_weights: str = param("imagenet", help='VGG-16: imagenet | /path/to/vgg16-397923af.pth | "" (random)')
+    scnn_weights: str = param("pyiqa", help='S-CNN: pyiqa | /path/to/scnn.pkl or DBCNN_scnn-7ea73d75.pth | "" (random)')
+    # stage 1: linear layer only
+    fc_epochs: int = param(50, ge=0, help="stage 1 (the linear layer only) epochs; 0 skips it")
+    fc_lr: float = param(1e-3, gt=0, help="stage 1 learning rate")
+    fc_optimizer: str = param("sgd", choices=OPTIMIZERS, help="stage 1 optimizer")
+
+
 class DBCNNMethod(DeepIQAMethod):
-    params: ClassVar[dict[str, Any]] = {
-        **TRAIN_PARAMS,
-        "backbone_weights": "imagenet",  # VGG-16: imagenet | /path/to/vgg16-397923af.pth | "" (random)
-        "scnn_weights": "pyiqa",  # S-CNN: pyiqa | /path/to/scnn.pkl or DBCNN_scnn-7ea73d75.pth | "" (random)
-        "image_size": 512, "crop_size": 448, "batch_size": 8, "loss": "mse",
-        # stage 1: linear layer only
-        "fc_epochs": 50, "fc_lr": 1e-3, "fc_optimizer": "sgd",
-        # stage 2: everything
-        "epochs": 50, "optimizer": "adam", "lr": 1e-5, "weight_decay": 5e-4, "eval_batch_size": 16,
-    }
+    params: ClassVar[type] = DBCNNParams
     weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_VGG16, "scnn_weights": PYIQA_SCNN}
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:
@@ -101,8 +109,8 @@ class DBCNNMethod(DeepIQAMethod):
         if fc_epochs > 0:
             for name, p in self.net.named_parameters():
                 p.requires_grad_(name.startswith("fc."))
-            stage1 = TrainConfig(**{**cfg.__dict__, "epochs": fc_epochs, "lr": float(self.config["fc_lr"]),
-                                    "optimizer": self.config["fc_optimizer"], "lr_schedule": "constant"})
+            stage1 = replace(cfg, epochs=fc_epochs, lr=float(self.config["fc_lr"]),
+                             optimizer=self.config["fc_optimizer"], lr_schedule="constant")
             results.append(self._fit(train, val, stage1, self.param_groups(stage1, lambda n: n.startswith("fc."))))
             for p in self.net.parameters():
                 p.requires_grad_(True)

@@ -28,7 +28,7 @@ checks that `agiqa-bench methods` calls stay cheap.
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
@@ -37,9 +37,15 @@ import numpy as np
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.weights import Source, available, is_random, resolve
 from agiqa_bench.records import Item
+from agiqa_bench.params import param
 from agiqa_bench.training import (
+    CROP_MODES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LOSSES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SELECTIONS,
     FitResult,
     TorchRegressor,
     TrainConfig,
@@ -122,16 +128,6 @@ def load_into(module, state: dict, method: str, param: str, what: str, *, drop: 
         raise MethodUnavailable(f"{method}.{param}: the weights do not fit {what} ({str(exc)[:300]})") from None
 
 
-def int_tuple(text: Any, where: str) -> tuple[int, ...]:
-    """'10,20,30' -> (10, 20, 30); '' -> ()."""
-    if isinstance(text, (tuple, list)):
-        return tuple(int(v) for v in text)
-    try:
-        return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
-    except ValueError:
-        raise ConfigError(f"{where}: expected comma-separated integers, got {text!r}") from None
-
-
 @functools.cache
 def _mos_scale_class():
     import torch
@@ -157,31 +153,35 @@ def mos_scale(net, offset, scale):
     return _mos_scale_class()(net, offset, scale)
 
 
-#: Training-loop parameters every deep baseline has (each method sets its own defaults).
-TRAIN_PARAMS: dict[str, Any] = {
-    "image_size": 512,  # square bicubic resize of every image, done once (ImageBank)
-    "crop_size": 0,  # random training crops of this side (0: the whole image)
-    "crops_per_image": 1,  # random crops of each training image per epoch
-    "test_crops": 0,  # 0: score the whole image; n: mean over n crops of crop_size
-    "test_crop_mode": "grid",  # grid | random
-    "hflip": True,
-    "epochs": 50,
-    "batch_size": 32,
-    "optimizer": "adamw",  # adamw | adam | sgd
-    "lr": 1e-4,
-    "head_lr_scale": 1.0,  # learning-rate multiplier of the head (see `is_head`)
-    "weight_decay": 0.0,
-    "momentum": 0.9,  # sgd only
-    "lr_schedule": "constant",  # constant | step | cosine
-    "lr_milestones": "",  # step: comma-separated epochs
-    "lr_gamma": 0.1,
-    "reset_optimizer": False,
-    "loss": "mse",  # mse | l1
-    "mos_scaling": "minmax",  # minmax: the network predicts (MOS - min) / (max - min) of the training part | none
-    "selection": "val",  # val | last | test-oracle
-    "amp": True,
-    "eval_batch_size": 64,
-}
+@dataclass(frozen=True)
+class DeepIQAParams:
+    """The training-loop parameters every deep baseline has (each method changes the defaults, `with_defaults`);
+    read into `agiqa_bench.training.TrainConfig` by name."""
+
+    image_size: int = param(512, ge=1, help="square bicubic resize of every image, done once (ImageBank)")
+    crop_size: int = param(0, ge=0, help="random training crops of this side (0: the whole image; <= image_size)")
+    crops_per_image: int = param(1, ge=1, help="random crops of each training image per epoch")
+    test_crops: int = param(0, ge=0, help="0: score the whole image; n: mean over n crops of crop_size")
+    test_crop_mode: str = param("grid", choices=CROP_MODES, help="where the test crops are")
+    hflip: bool = param(True, help="random horizontal flips in training")
+    epochs: int = param(50, ge=1, help="training epochs")
+    batch_size: int = param(32, ge=1, help="training batch size")
+    optimizer: str = param("adamw", choices=OPTIMIZERS, help="adamw | adam (L2 weight decay) | sgd (with momentum)")
+    lr: float = param(1e-4, gt=0, help="learning rate")
+    head_lr_scale: float = param(1.0, ge=0, help="learning-rate multiplier of the head (see `is_head`)")
+    weight_decay: float = param(0.0, ge=0, help="weight decay")
+    momentum: float = param(0.9, ge=0, lt=1, help="SGD momentum (sgd only)")
+    lr_schedule: str = param("constant", choices=LR_SCHEDULES, help="per-epoch learning-rate schedule")
+    lr_milestones: str = param("", help="step schedule: comma-separated epochs")
+    lr_gamma: float = param(0.1, gt=0, help="step schedule: learning-rate factor at each milestone")
+    reset_optimizer: bool = param(False, help="rebuild the optimizer (fresh moments) at every epoch")
+    loss: str = param("mse", choices=LOSSES, help="regression loss")
+    mos_scaling: str = param("minmax", choices=("minmax", "none"),
+                             help="minmax: the network predicts (MOS - min) / (max - min) of the training part")
+    selection: str = param("val", choices=SELECTIONS,
+                           help="epoch selection: val, last, or the official codes' test-oracle (labelled)")
+    amp: bool = param(True, help="bf16 autocast on CUDA")
+    eval_batch_size: int = param(64, ge=1, help="images per forward pass when scoring")
 
 
 class DeepIQAMethod(TorchRegressor):
@@ -195,7 +195,7 @@ class DeepIQAMethod(TorchRegressor):
     - `lr_at`: an optional per-epoch, per-group learning rate (HyperIQA).
     """
 
-    params: ClassVar[dict[str, Any]] = dict(TRAIN_PARAMS)
+    params: ClassVar[type] = DeepIQAParams
     weight_params: ClassVar[dict[str, Mapping[str, Source]]] = {}
     #: `lr_schedule` values the subclass implements through `lr_at` (the loop itself then runs "constant").
     custom_schedules: ClassVar[tuple[str, ...]] = ()
@@ -205,9 +205,7 @@ class DeepIQAMethod(TorchRegressor):
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self.net = None  # the network `build` made; self.model adds its MOS scaling
-        if self.config["mos_scaling"] not in ("minmax", "none"):
-            raise ConfigError(f"{spec.name}.mos_scaling must be minmax or none, got {self.config['mos_scaling']!r}")
-        self.train_config().check()  # bad values fail when the method is made, not after loading data
+        self.train_config().check()  # crops and milestones fail when the method is made, not after loading data
 
     # -- hooks ------------------------------------------------------------------------------
     def build(self, num_outputs: int, weights: dict[str, dict | None]):
@@ -224,20 +222,9 @@ class DeepIQAMethod(TorchRegressor):
 
     # -- pieces ---------------------------------------------------------------------------------
     def train_config(self, **changes) -> TrainConfig:
-        c = self.config
-        cfg = TrainConfig(
-            epochs=int(c["epochs"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
-            head_lr_scale=float(c["head_lr_scale"]), weight_decay=float(c["weight_decay"]),
-            image_size=int(c["image_size"]), hflip=bool(c["hflip"]), selection=c["selection"], amp=bool(c["amp"]),
-            eval_batch_size=int(c["eval_batch_size"]), loss=c["loss"], optimizer=c["optimizer"],
-            momentum=float(c["momentum"]),
-            lr_schedule="constant" if c["lr_schedule"] in self.custom_schedules else c["lr_schedule"],
-            lr_milestones=int_tuple(c["lr_milestones"], f"{self.spec.name}.lr_milestones"),
-            lr_gamma=float(c["lr_gamma"]), reset_optimizer=bool(c["reset_optimizer"]),
-            crop_size=int(c["crop_size"]), crops_per_image=int(c["crops_per_image"]),
-            test_crops=int(c["test_crops"]), test_crop_mode=c["test_crop_mode"],
-        )
-        return replace(cfg, **changes)
+        if self.config["lr_schedule"] in self.custom_schedules:  # run by `lr_at` over a constant loop
+            changes = {"lr_schedule": "constant", **changes}
+        return TrainConfig.from_params(self.config, where=self.spec.name, **changes)
 
     def load_weights(self) -> dict[str, dict | None]:
         """Every pretrained part's state dict (None: random); MethodUnavailable when a file is missing."""

@@ -73,15 +73,16 @@ Where this port cannot (or does not) follow MATLAB exactly:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy import ndimage
 
-from agiqa_bench.errors import ConfigError
-from baselines.nss import filter2_same, gaussian_taps, ggd_fit, imresize_half, mscn
-from baselines.svr import FeatureSVR
 from agiqa_bench.method import MethodSpec
+from agiqa_bench.params import param
+from baselines.nss import filter2_same, gaussian_taps, ggd_fit, imresize_half, mscn
+from baselines.svr import FeatureSVR, FeatureSVRParams
 
 SPEC = MethodSpec(
     name="higrade",
@@ -268,17 +269,19 @@ def higrade_features(rgb: np.ndarray, version: int = 1) -> np.ndarray:
     return np.where(np.isfinite(features), features, 0.0)
 
 
+@dataclass(frozen=True)
+class HIGRADEParams(FeatureSVRParams):
+    """The SVR's parameters and the HIGRADE model."""
+
+    version: int = param(1, choices=VERSIONS, help="1: HIGRADE-1 (216 features); 2: HIGRADE-2 (120)")
+
+
 class HIGRADE(FeatureSVR):
     """HIGRADE-1 or HIGRADE-2 features with an RBF SVR retrained on each training split."""
 
     feature_name: ClassVar[str] = "higrade"
     feature_version: ClassVar[str] = "1"
-    params: ClassVar[dict[str, Any]] = {**FeatureSVR.params, "version": 1}
-
-    def _check_config(self) -> None:
-        super()._check_config()
-        if self.config["version"] not in VERSIONS:
-            raise ConfigError(f"{self.spec.name}.version must be 1 or 2, not {self.config['version']!r}")
+    params: ClassVar[type] = HIGRADEParams
 
     def feature_params(self) -> dict[str, Any]:
         return {"version": int(self.config["version"])}

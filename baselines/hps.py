@@ -58,13 +58,15 @@ batches (hpsv2 scores one image at a time; the result is the same).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodSpec, Weights
 from agiqa_bench.weights import Source, available, file_identity, problem, resolve, unavailable
-from baselines.alignment import OpenCLIPScorer
+from agiqa_bench.params import param
+from baselines.alignment import AlignmentScorerParams, OpenCLIPScorer
 
 #: This method's registry entry: one spec, the HPS versions as variants (`hps` = `hps.v2_1`), each with its
 #: own checkpoint entry (registered through the `agiqa_bench.methods` entry points).
@@ -206,22 +208,20 @@ def load_hps_model(clip_model: str, path: str | Path, method: str):
     return model
 
 
+@dataclass(frozen=True)
+class HPSParams(AlignmentScorerParams):
+    """The HPS version and its model (the variants set both)."""
+
+    hps_version: str = param("v2.1", choices=HPS_VERSIONS, help="the variants set it with its checkpoint")
+    clip_model: str = param("ViT-H-14", help="open_clip architecture the checkpoint was trained from")
+    checkpoint: str = param(f"hf-hub:{HPS_REPO}/{HPS_V21_FILE}", help="hub file or local path of the HPS weights")
+
+
 class HPS(OpenCLIPScorer):
     """HPS of one version (`hps_version`, set by the variant): cos(image, prompt) of its fine-tuned CLIP."""
 
-    params: ClassVar[dict[str, Any]] = {
-        "hps_version": "v2.1",  # v2.1 | v2.0 | v1 (the variants set it with its checkpoint)
-        "clip_model": "ViT-H-14",
-        "checkpoint": f"hf-hub:{HPS_REPO}/{HPS_V21_FILE}",
-        "batch_size": 16,
-    }
+    params: ClassVar[type] = HPSParams
     family: ClassVar[str] = "hps"
-
-    def __init__(self, spec, config=None, context=None, *, name=None):
-        super().__init__(spec, config, context, name=name)
-        if self.hps_version not in HPS_VERSIONS:
-            raise ConfigError(f"{self.name}.hps_version must be one of {', '.join(HPS_VERSIONS)}, "
-                              f"not {self.hps_version!r}")
 
     @property
     def hps_version(self) -> str:

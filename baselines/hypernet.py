@@ -45,12 +45,14 @@ per repeat on a CPU: not in the default run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from agiqa_bench.errors import ConfigError
-from agiqa_bench.training import TrainConfig
-from baselines.deep import IMAGENET_RESNET50, TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.params import param, with_defaults
+from agiqa_bench.training import LR_SCHEDULES, TrainConfig
+from baselines.deep import IMAGENET_RESNET50, DeepIQAMethod, DeepIQAParams
 
 if TYPE_CHECKING:
     from torch import nn
@@ -89,15 +91,20 @@ def hyperiqa_lr(epoch: int, base_lr: float, ratio: float, backbone: bool) -> flo
     return base_lr / 10 ** (t // 6) * (ratio if t <= 8 else 1.0)
 
 
+@dataclass(frozen=True)
+@with_defaults(image_size=512, crop_size=224, crops_per_image=25, test_crops=25, test_crop_mode="random", epochs=16,
+               batch_size=96, optimizer="adam", lr=2e-5, head_lr_scale=10.0, weight_decay=5e-4, loss="l1",
+               reset_optimizer=True, eval_batch_size=100)
+class HyperIQAParams(DeepIQAParams):
+    """The official HyperIQA recipe (see the module docstring)."""
+
+    lr_schedule: str = param("hyperiqa", choices=(*LR_SCHEDULES, "hyperiqa"),
+                             help="per-epoch learning-rate schedule; hyperiqa: the official loop's")
+    backbone_weights: str = param("imagenet", help='imagenet | /path/to/resnet50-0676ba61.pth | "" (random)')
+
+
 class HyperIQAMethod(DeepIQAMethod):
-    params: ClassVar[dict[str, Any]] = {
-        **TRAIN_PARAMS,
-        "backbone_weights": "imagenet",  # imagenet | /path/to/resnet50-0676ba61.pth | "" (random)
-        "image_size": 512, "crop_size": 224, "crops_per_image": 25, "test_crops": 25, "test_crop_mode": "random",
-        "epochs": 16, "batch_size": 96, "optimizer": "adam", "lr": 2e-5, "head_lr_scale": 10.0,
-        "weight_decay": 5e-4, "loss": "l1", "lr_schedule": "hyperiqa", "reset_optimizer": True,
-        "eval_batch_size": 100,
-    }
+    params: ClassVar[type] = HyperIQAParams
     weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_RESNET50}
     custom_schedules: ClassVar[tuple[str, ...]] = ("hyperiqa",)
 

@@ -72,7 +72,8 @@ from agiqa_bench.errors import MethodUnavailable
 from agiqa_bench.method import MethodSpec, Weights
 from agiqa_bench.records import Item
 from agiqa_bench.weights import Source, identity, in_folder, is_hub, next_to, problem, resolve
-from baselines.alignment import AlignmentScorer
+from agiqa_bench.params import param as hparam  # `param` names a weights parameter below
+from baselines.alignment import AlignmentScorer, AlignmentScorerParams
 
 SPEC = MethodSpec(
     name="imagereward",
@@ -186,17 +187,21 @@ def weights_available(params: dict) -> bool | None:
 
 
 # -- the method ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageRewardParams(AlignmentScorerParams):
+    """The ImageReward files (`batch_size`: pairs between two cache writes; each pair is one forward pass)."""
+
+    checkpoint: str = hparam(DEFAULT_CHECKPOINT, help=(
+        '"hf-hub:OWNER/REPO/ImageReward.pt", a local ImageReward.pt, or a folder holding it (and med_config.json, '
+        'optionally vocab.txt; a whole hub repository counts as one); "agiqa-smoke": the tiny random smoke one'))
+    med_config: str = hparam("", help='"": med_config.json next to the checkpoint (same hub repo or folder)')
+    tokenizer_vocab: str = hparam("", help='"": vocab.txt next to a local checkpoint, else bert-base-uncased\'s')
+
+
 class ImageReward(AlignmentScorer):
     """Zero-shot ImageReward score of each image against its prompt (higher = better aligned/preferred)."""
 
-    params: ClassVar[dict[str, Any]] = {
-        # "hf-hub:OWNER/REPO/ImageReward.pt", a local ImageReward.pt, or a folder holding it (and med_config.json,
-        # optionally vocab.txt; a whole hub repository counts as one); "agiqa-smoke": the tiny random smoke one.
-        "checkpoint": DEFAULT_CHECKPOINT,
-        "med_config": "",  # "": med_config.json next to the checkpoint (same hub repo or folder)
-        "tokenizer_vocab": "",  # "": vocab.txt next to a local checkpoint, else bert-base-uncased's from the hub
-        "batch_size": 16,  # pairs between two cache writes (speed only; each pair is one forward pass)
-    }
+    params: ClassVar[type] = ImageRewardParams
     family: ClassVar[str] = "imagereward"
 
     def __init__(self, spec, config=None, context=None, *, name=None):

@@ -51,6 +51,7 @@ an error naming the image and the ``block_size`` option.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
 
@@ -61,6 +62,7 @@ from agiqa_bench.errors import ConfigError, DataError, MethodUnavailable
 from agiqa_bench.weights import Source, available, identity, resolve
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.params import param
 from agiqa_bench.records import Item
 
 SPEC = MethodSpec(
@@ -217,21 +219,22 @@ def save_pristine(path: str | Path, mu: np.ndarray, cov: np.ndarray, block_size:
 
 
 # -- the method --------------------------------------------------------------------
+@dataclass(frozen=True)
+class NIQEParams:
+    """The pristine model NIQE compares against and how images are cut into blocks."""
+
+    params: str = param(OFFICIAL, help='pristine parameters: "official" | "agiqa-synth" | path to .mat / .npz')
+    block_size: int = param(DEFAULT_BLOCK, ge=8, help="side of the square blocks (as the pristine file was fitted)")
+    color_space: str = param("yiq", choices=("yiq", "ycbcr"), help="luma: yiq (pyiqa's default) or ycbcr (BasicSR's)")
+
+
 class NIQE(Method):
     """Zero-shot NIQE: one score per image (lower = better; the spec says so)."""
 
-    params: ClassVar[dict[str, Any]] = {
-        "params": OFFICIAL,  # "official" | "agiqa-synth" | path to .mat / .npz
-        "block_size": DEFAULT_BLOCK,
-        "color_space": "yiq",  # pyiqa's default luma; "ycbcr" for BasicSR's
-    }
+    params: ClassVar[type] = NIQEParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
-        if int(self.config["block_size"]) < 8:
-            raise ConfigError(f"niqe.block_size must be at least 8, not {self.config['block_size']!r}")
-        if str(self.config["color_space"]).lower() not in ("yiq", "ycbcr"):
-            raise ConfigError(f"niqe.color_space must be yiq or ycbcr, not {self.config['color_space']!r}")
         self._pristine: tuple[np.ndarray, np.ndarray] | None = None
 
     def weights_identity(self) -> dict[str, str]:

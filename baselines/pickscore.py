@@ -48,6 +48,7 @@ prompt's features).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,11 +59,13 @@ from agiqa_bench.records import Item
 from agiqa_bench.weights import HF_PREFIX, available, file_identity, is_repo_id, problem, unavailable
 from baselines.alignment import (
     AlignmentScorer,
+    AlignmentScorerParams,
     cosine,
     load_pil,
     unique_texts,
 )
 from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.params import param
 
 SPEC = MethodSpec(
     name="pickscore",
@@ -193,14 +196,18 @@ def random_tiny_model(seed: int):
     return CLIPModel(tiny_config())
 
 
+@dataclass(frozen=True)
+class PickScoreParams(AlignmentScorerParams):
+    """The PickScore model and its processor."""
+
+    model: str = param(PICKSCORE_MODEL, help="hub repository or local folder of the PickScore CLIP model")
+    processor: str = param(PICKSCORE_PROCESSOR, help="hub repository or local folder of the CLIP processor")
+
+
 class PickScore(AlignmentScorer):
     """PickScore v1: logit_scale * cos(image, prompt) of the Pick-a-Pic fine-tuned CLIP ViT-H/14."""
 
-    params: ClassVar[dict[str, Any]] = {
-        "model": PICKSCORE_MODEL,
-        "processor": PICKSCORE_PROCESSOR,
-        "batch_size": 16,
-    }
+    params: ClassVar[type] = PickScoreParams
     family: ClassVar[str] = "pickscore"
 
     def __init__(self, spec, config=None, context=None, *, name=None):

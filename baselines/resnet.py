@@ -20,10 +20,12 @@ On the built-in `synthetic` set (96 px; see the registry): 80 px crops, batch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
-from baselines.deep import IMAGENET_RESNET50, TRAIN_PARAMS, DeepIQAMethod
 from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.params import param, with_defaults
+from baselines.deep import IMAGENET_RESNET50, DeepIQAMethod, DeepIQAParams
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,13 +53,17 @@ SPEC = MethodSpec(
 )
 
 
+@dataclass(frozen=True)
+@with_defaults(image_size=512, crop_size=384, epochs=30, batch_size=32, optimizer="adamw", lr=1e-3, head_lr_scale=1.0,
+               weight_decay=1e-4, lr_schedule="cosine", loss="mse")
+class ResNet50Params(DeepIQAParams):
+    """A plain fine-tuning recipe (see the module docstring)."""
+
+    backbone_weights: str = param("", help='"" (random) | imagenet | /path/to/resnet50-0676ba61.pth')
+
+
 class ResNet50Method(DeepIQAMethod):
-    params: ClassVar[dict[str, Any]] = {
-        **TRAIN_PARAMS,
-        "backbone_weights": "",  # "" (random) | imagenet | /path/to/resnet50-0676ba61.pth
-        "image_size": 512, "crop_size": 384, "epochs": 30, "batch_size": 32, "optimizer": "adamw", "lr": 1e-3,
-        "head_lr_scale": 1.0, "weight_decay": 1e-4, "lr_schedule": "cosine", "loss": "mse",
-    }
+    params: ClassVar[type] = ResNet50Params
     weight_params: ClassVar[dict] = {"backbone_weights": IMAGENET_RESNET50}
 
     def build(self, num_outputs: int, weights: dict) -> nn.Module:

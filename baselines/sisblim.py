@@ -133,8 +133,9 @@ Cost, one core: about 40-55 ms for a 96x96 image and 0.2-0.45 s for 512x512
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -143,6 +144,7 @@ from scipy.special import gammaincinv
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec
+from agiqa_bench.params import defaults, param
 from agiqa_bench.records import Item
 from baselines import cpbd as cpbd_mod
 from baselines.cpbd import rgb2gray_uint8
@@ -181,10 +183,12 @@ WSB_MIN_BLOCKINESS = 1.0  # one gray level, in `wsb_drop` only
 AR_TILE = 32
 AR_RIDGE = 1e-3
 
-DEFAULTS: dict[str, float] = {
-    "noise_half_sigma": 10.0,
-    "floor": 0.01,
-}
+@dataclass(frozen=True)
+class SISBLIMApproxParams:
+    """The two constants of step 6 (the method's parameters; see the module docstring)."""
+
+    noise_half_sigma: float = param(10.0, gt=0, help="noise sigma (0-255 scale) at which q_noise halves")
+    floor: float = param(0.01, ge=0, lt=1, help="lowest value of each quality term")
 
 
 # -- step 1: noise level ----------------------------------------------------------
@@ -350,8 +354,8 @@ def free_energy_bits(gray: np.ndarray) -> float:
 # -- step 6: combination -------------------------------------------------------------
 def sisblim_components(
     rgb: np.ndarray,
-    noise_half_sigma: float = DEFAULTS["noise_half_sigma"],
-    floor: float = DEFAULTS["floor"],
+    noise_half_sigma: float = SISBLIMApproxParams.noise_half_sigma,
+    floor: float = SISBLIMApproxParams.floor,
 ) -> dict[str, float]:
     """Every intermediate value and the final score for one image (RGB uint8, or 2-D gray 0-255).
 
@@ -403,7 +407,7 @@ def sisblim_approx(rgb: np.ndarray, **params: float) -> float:
 class SISBLIMApprox(Method):
     """Zero-shot SISBLIM-approx: one score per image (higher = better).  Not SISBLIM itself."""
 
-    params: ClassVar[dict[str, Any]] = dict(DEFAULTS)
+    params: ClassVar[type] = SISBLIMApproxParams
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if not items:
@@ -414,7 +418,7 @@ class SISBLIMApprox(Method):
         return scores[:, 0].astype(np.float64)
 
     def _params(self) -> dict[str, float]:
-        return {key: float(self.config[key]) for key in DEFAULTS}
+        return {key: float(self.config[key]) for key in defaults(self.params)}
 
     def _score(self, item: Item) -> np.ndarray:
         return np.array([sisblim_approx(load_rgb(item.image), **self._params())])

@@ -42,14 +42,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from agiqa_bench.errors import ConfigError
-from agiqa_bench.records import Item
-from baselines.imagereward import ImageReward
 from agiqa_bench.method import MethodSpec, Weights
+from agiqa_bench.params import param
+from agiqa_bench.records import Item
+from baselines.imagereward import ImageReward, ImageRewardParams
 
 SPEC = MethodSpec(
     name="stairreward.approx",
@@ -122,15 +123,20 @@ def stair_reward(scores: Sequence[float], decay: float = DEFAULT_DECAY) -> float
     return float(stair_weights(s.size, decay) @ s)
 
 
+@dataclass(frozen=True)
+class StairRewardApproxParams(ImageRewardParams):
+    """ImageReward's files and the stairs' decay."""
+
+    decay: float = param(DEFAULT_DECAY, ge=0, le=1, help="weight d^k of the k-th shorter stair (a decaying weight)")
+
+
 class StairRewardApprox(ImageReward):
     """Decay-weighted ImageReward over cumulative prompt stairs (a reconstruction; see the module docstring)."""
 
-    params: ClassVar[dict[str, Any]] = {**ImageReward.params, "decay": DEFAULT_DECAY}
+    params: ClassVar[type] = StairRewardApproxParams
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         decay = float(self.config["decay"])
-        if not (0.0 <= decay <= 1.0):
-            raise ConfigError(f"{self.name}.decay must be in [0, 1] (a decaying stair weight), got {decay}")
         self.require_weights()
         if not items:
             return np.zeros(0, dtype=np.float64)

@@ -34,6 +34,7 @@ The chosen hyperparameters are recorded in ``self.selected``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +43,7 @@ from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodContext, MethodSpec
+from agiqa_bench.params import param
 from agiqa_bench.records import Item
 
 #: LIBSVM's grid.py ranges: log2 C in -5..15, log2 gamma in -15..3, step 2.
@@ -85,6 +87,19 @@ def srcc(prediction: np.ndarray, target: np.ndarray) -> float:
     return float(value) if np.isfinite(value) else 0.0
 
 
+@dataclass(frozen=True)
+class FeatureSVRParams:
+    """The SVR's hyperparameters (LIBSVM's defaults) and its grid search."""
+
+    C: float = param(1.0, gt=0, help="SVR regularisation (LIBSVM's default 1)")
+    gamma: str = param("auto", help="RBF width: auto = 1 / n_features (LIBSVM's default), or a positive number")
+    epsilon: float = param(0.1, ge=0, help="width of the SVR's insensitive tube")
+    search: str = param("none", choices=SEARCH_MODES, help="none: the given C and gamma; grid: grouped-CV grid search")
+    cv_folds: int = param(5, ge=2, help="grouped cross-validation folds of the grid search")
+    grid_log2_C: str = param(LIBSVM_LOG2_C, help="grid of log2 C as start:stop:step")
+    grid_log2_gamma: str = param(LIBSVM_LOG2_GAMMA, help="grid of log2 gamma as start:stop:step")
+
+
 class FeatureSVR(Method):
     """Base class: handcrafted features + min-max scaling + RBF epsilon-SVR.
 
@@ -97,15 +112,7 @@ class FeatureSVR(Method):
     #: Bump when `extract` changes, so cached features are recomputed.
     feature_version: ClassVar[str] = "1"
 
-    params: ClassVar[dict[str, Any]] = {
-        "C": 1.0,
-        "gamma": "auto",  # "auto" = 1 / n_features (LIBSVM default) or a number
-        "epsilon": 0.1,
-        "search": "none",  # "none" | "grid"
-        "cv_folds": 5,
-        "grid_log2_C": LIBSVM_LOG2_C,
-        "grid_log2_gamma": LIBSVM_LOG2_GAMMA,
-    }
+    params: ClassVar[type] = FeatureSVRParams
 
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
                  *, name: str | None = None):
@@ -128,15 +135,8 @@ class FeatureSVR(Method):
 
     # -- configuration -----------------------------------------------------------
     def _check_config(self) -> None:
+        """What the declaration cannot say (C, epsilon, search and cv_folds are checked by it)."""
         name = self.spec.name
-        if self.config["search"] not in SEARCH_MODES:
-            raise ConfigError(f"{name}.search must be one of {', '.join(SEARCH_MODES)}, not {self.config['search']!r}")
-        if not float(self.config["C"]) > 0:
-            raise ConfigError(f"{name}.C must be positive, not {self.config['C']!r}")
-        if not float(self.config["epsilon"]) >= 0:
-            raise ConfigError(f"{name}.epsilon must be zero or positive, not {self.config['epsilon']!r}")
-        if int(self.config["cv_folds"]) < 2:
-            raise ConfigError(f"{name}.cv_folds must be at least 2, not {self.config['cv_folds']!r}")
         self._gamma(1)  # validates the value
         log2_grid(self.config["grid_log2_C"], f"{name}.grid_log2_C")
         log2_grid(self.config["grid_log2_gamma"], f"{name}.grid_log2_gamma")

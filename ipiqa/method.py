@@ -14,14 +14,16 @@ reference does for AGIQA-3k's quality and alignment.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.clip import clip_weights
 from agiqa_bench.method import MethodSpec
+from agiqa_bench.params import from_config, param
 from agiqa_bench.records import Item
-from agiqa_bench.training import TorchRegressor, TrainConfig, fit_regressor
+from agiqa_bench.training import SELECTIONS, TorchRegressor, TrainConfig, fit_regressor
 
 #: IP-IQA on the built-in synthetic set: the small CLIP pretrained on SynthAGIQA's caption corpus
 #: (shipped, tag `agiqa-synth`), at the set's native 96 px (a 3x3 token grid), sized for a CPU run
@@ -71,37 +73,49 @@ def ablation_components(config: dict) -> dict[str, bool]:
     return {"Image2Prompt": i2p, "Integral prompt": prompt, "[QA]": prompt and bool(config.get("qa_token", False))}
 
 
+#: The prompt stream's text modes (`ipiqa.model.PromptEncoder`): the paper's frozen encoder with one learnable
+#: [QA] embedding, or the public code's trainable token table.
+TEXT_MODES = ("paper", "reference")
+
+
+@dataclass(frozen=True)
+class IPIQAParams:
+    """IP-IQA's hyperparameters: the reference recipe (see the module docstring)."""
+
+    # model (read into ipiqa.model.IPIQAConfig by name)
+    clip_model: str = param("RN50-quickgelu", help="open_clip architecture of both streams")
+    pretrained: str = param("openai", help="open_clip tag, checkpoint path, or '' for random weights")
+    image_size: int = param(512, ge=1, help="square bicubic resize of every image (ResNet CLIP: a multiple of 32)")
+    text_mode: str = param("paper", choices=TEXT_MODES,
+                           help="paper: frozen text encoder + learnable [QA]; reference: the public code's")
+    use_prompt: bool = param(True, help="image-prompt fusion (false: the image-only model)")
+    qa_token: bool = param(True, help="the learnable [QA] token")
+    mlp_head: bool = param(True, help="Dropout-Linear-tanh-Dropout-Linear head; false: one Linear")
+    dropout: float = param(0.5, ge=0, lt=1, help="dropout of the MLP head")
+    fusion_heads: int = param(0, ge=0, help="heads of the prompt attention pooling (0: as CLIP's visual pool)")
+    use_image2prompt: str = param("auto", choices=("auto", "yes", "no"),
+                                  help="auto: use the Image2Prompt checkpoint if one is given; yes: require it; no: never")
+    image2prompt: str = param("", help="Image2Prompt checkpoint for the image encoder")
+    # training (read into agiqa_bench.training.TrainConfig by name)
+    epochs: int = param(100, ge=1, help="training epochs")
+    batch_size: int = param(32, ge=1, help="training batch size")
+    lr: float = param(1e-5, gt=0, help="AdamW learning rate of the backbone")
+    head_lr_scale: float = param(10.0, ge=0, help="learning-rate multiplier of the head")
+    fusion_lr_scale: float = param(1.0, ge=0,
+                                   help="learning-rate multiplier of prompt attention pooling and [QA] (1 = reference)")
+    weight_decay: float = param(0.0, ge=0, help="AdamW weight decay")
+    hflip: bool = param(True, help="random horizontal flips in training")
+    selection: str = param("val", choices=SELECTIONS,
+                           help="epoch selection: val, last, or the reference's test-oracle (labelled)")
+    amp: bool = param(True, help="bf16 autocast on CUDA")
+
+
 class IPIQAMethod(TorchRegressor):
-    params: ClassVar[dict[str, Any]] = {
-        # model
-        "clip_model": "RN50-quickgelu",
-        "pretrained": "openai",
-        "image_size": 512,
-        "text_mode": "paper",
-        "use_prompt": True,
-        "qa_token": True,
-        "mlp_head": True,
-        "dropout": 0.5,
-        "fusion_heads": 0,
-        "use_image2prompt": "auto",  # auto: use the checkpoint if one is given; yes: require it; no: never
-        "image2prompt": "",
-        # training
-        "epochs": 100,
-        "batch_size": 32,
-        "lr": 1e-5,
-        "head_lr_scale": 10.0,
-        "fusion_lr_scale": 1.0,  # prompt attention pooling and [QA] embedding (1 = reference)
-        "weight_decay": 0.0,
-        "hflip": True,
-        "selection": "val",
-        "amp": True,
-    }
+    params: ClassVar[type] = IPIQAParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self._tokens: dict[str, Any] = {}
-        if self.config["use_image2prompt"] not in ("auto", "yes", "no"):
-            raise ConfigError(f"{spec.name}.use_image2prompt must be auto, yes or no")
 
     def weights_identity(self) -> dict[str, str]:
         """The CLIP weights (a shipped `agiqa-synth` file or a local checkpoint) and the Image2Prompt checkpoint."""
@@ -135,21 +149,11 @@ class IPIQAMethod(TorchRegressor):
         from ipiqa.model import IPIQA, IPIQAConfig
 
         torch.manual_seed(self.context.seed)
-        c = self.config
-        cfg = IPIQAConfig(
-            clip_model=c["clip_model"], pretrained=c["pretrained"], image_size=int(c["image_size"]),
-            num_outputs=num_outputs, use_prompt=bool(c["use_prompt"]), qa_token=bool(c["qa_token"]),
-            text_mode=c["text_mode"], mlp_head=bool(c["mlp_head"]), dropout=float(c["dropout"]),
-            fusion_heads=int(c["fusion_heads"]), image2prompt=self.image2prompt_path(),
-        )
+        cfg = from_config(IPIQAConfig, self.config, num_outputs=num_outputs, image2prompt=self.image2prompt_path())
         return IPIQA(cfg)
 
     def train_config(self) -> TrainConfig:
-        c = self.config
-        return TrainConfig(epochs=int(c["epochs"]), batch_size=int(c["batch_size"]), lr=float(c["lr"]),
-                           head_lr_scale=float(c["head_lr_scale"]), weight_decay=float(c["weight_decay"]),
-                           image_size=int(c["image_size"]), hflip=bool(c["hflip"]), selection=c["selection"],
-                           amp=bool(c["amp"]))
+        return TrainConfig.from_params(self.config, where=self.spec.name)
 
     def extras(self, items: Sequence[Item]) -> list:
         """Prompt tokens, tokenised once per prompt."""

@@ -38,8 +38,8 @@ from torch import nn
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.clip import load_clip, resize_attnpool_pos_embed, tokenizer_for
+from ipiqa.method import TEXT_MODES  # declared with the method's parameters (that module imports no torch)
 
-TEXT_MODES = ("paper", "reference")
 IMAGE2PROMPT_FORMAT = "agiqa-bench/image2prompt@1"
 
 

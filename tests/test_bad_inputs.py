@@ -120,12 +120,13 @@ def test_corrupt_images_are_all_reported_before_any_work(tiny_agiqa3k, tmp_path)
 
 
 @pytest.mark.parametrize("setting, needles", [
-    ("ceiq.C=-1", ["ceiq.C", "positive", "-1"]),
+    ("ceiq.C=-1", ["ceiq.C: must be a number > 0; got -1.0"]),
     ("ceiq.C=nan", ["ceiq.C", "nan"]),
     ("ceiq.C=lots", ["ceiq.C: cannot read 'lots' as a number"]),
     ("ceiq.nope=1", ["has no parameter nope", "its parameters are"]),
     ("cpbd.x=1", ["has no parameter x"]),
-    ("niqe.block_size=2", ["niqe.block_size", "8"]),
+    ("niqe.block_size=2", ["niqe.block_size: must be an integer >= 8; got 2"]),
+    ("niqe.color_space=rgb", ["niqe.color_space: must be one of yiq, ycbcr; got 'rgb'"]),
 ])
 def test_bad_set_values_are_refused_in_the_plan(tiny_agiqa3k, tmp_path, setting, needles):
     methods = setting.split(".")[0]

@@ -174,6 +174,29 @@ def test_hyperiqa_official_learning_rates():
     assert create_method("hypernet", {"lr_schedule": "step"}).lr_at([{}, {}], cfg) is None
 
 
+def test_train_config_reads_the_declared_parameters_by_name():
+    """The trainer's hyperparameters are read from the method's resolved parameters, never mapped by hand."""
+    import dataclasses
+
+    from agiqa_bench.errors import ConfigError
+
+    config = create_method("cnniqa").config
+    cfg = TrainConfig.from_params(config, where="cnniqa")
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        assert type(value) is type(f.default), f.name
+        if f.name != "lr_milestones":
+            assert value == config[f.name], f.name
+    assert cfg.lr_milestones == (10, 20, 30, 40) and cfg.lr == 1e-3 and cfg.crop_size == 384
+    ints = TrainConfig.from_params({"epochs": 3.0, "lr": 1, "hflip": 0, "selection": "last", "other": 1}, lr_gamma=0.5)
+    assert (ints.epochs, ints.lr, ints.hflip, ints.lr_gamma, ints.batch_size) == (3, 1.0, False, 0.5, 32)
+    assert type(ints.epochs) is int and type(ints.lr) is float
+    with pytest.raises(ConfigError, match=r"cnniqa\.lr_milestones: expected comma-separated integers"):
+        create_method("cnniqa", {"lr_milestones": "10,x"})
+    with pytest.raises(ConfigError, match=r"crop_size must be between 0 \(no crop\) and image_size \(96\)"):
+        create_method("cnniqa", {"image_size": 96, "crop_size": 128})  # a cross-field check the method keeps
+
+
 # -- the methods ------------------------------------------------------------------------------
 def make(name, data, tmp_path, **extra):
     base = name.split(".")[0]
@@ -223,7 +246,8 @@ def test_outputs_are_min_max_scaled_mos(data, tmp_path):
 
 def test_dbcnn_stage_one_trains_only_the_linear_layer(data, tmp_path):
     ds, train, val, _ = data
-    method = make("dbcnn", data, tmp_path, lr=0.0)  # stage 2 at lr 0: what changed, changed in stage 1
+    method = make("dbcnn", data, tmp_path)
+    method.config["lr"] = 0.0  # stage 2 at lr 0 (a value --set refuses): what changed, changed in stage 1
     method.fit(train[:8], val, ds.targets)
     torch.manual_seed(method.context.seed)
     fresh = method.build(2, {"backbone_weights": None, "scnn_weights": None})

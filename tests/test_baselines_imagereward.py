@@ -290,7 +290,7 @@ def test_stairreward_is_the_weighted_imagereward_of_its_stairs(tiny_ckpt, tmp_pa
         stairs = sr.stair_prompts(item.prompt, item.meta)
         scores = reward.pair_scores([(item, p) for p in stairs])
         assert value == pytest.approx(sr.stair_reward(scores, 0.5), abs=1e-9)
-    with pytest.raises(ConfigError, match="decay must be in"):
+    with pytest.raises(ConfigError, match=r"stairreward\.approx\.decay: must be a number >= 0 and <= 1; got 1\.5"):
         create_method("stairreward.approx", {**params, "decay": 1.5}).predict(items)
 
 

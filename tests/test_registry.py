@@ -13,6 +13,7 @@ import pytest
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodContext
+from agiqa_bench.params import declaration
 from agiqa_bench.registry import all_specs, canonical_name, create_method, default_methods, get_spec, list_methods
 from agiqa_bench.splits import make_splits
 
@@ -75,6 +76,67 @@ def test_specs_are_complete():
         assert set(spec.inputs) <= {"image", "prompt"}
 
 
+#: The packages of the built-in methods (test-support methods keep dict declarations: the legacy path).
+BUILT_IN = ("baselines.", "ipiqa.")
+
+
+def test_every_method_declares_its_parameters_as_a_dataclass():
+    """One declaration per method: a frozen dataclass of `param(...)` fields, each default inside its own range, and
+    every variant, dataset default and smoke configuration inside the declared ranges too."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    from agiqa_bench.registry import load_class, method_params
+
+    specs = [spec for spec in all_specs() if spec.factory.startswith(BUILT_IN)]
+    assert len(specs) >= 18
+    for spec in specs:
+        params = load_class(spec).params
+        assert dataclasses.is_dataclass(params) and isinstance(params, type), spec.name
+        assert not isinstance(params, Mapping) and params.__dataclass_params__.frozen, spec.name
+        for key, p in declaration(params).items():
+            assert p.help, f"{spec.name}.{key} has no help"
+            if isinstance(p.default, (int, float)) and not isinstance(p.default, bool) or p.choices is not None:
+                assert p.check(p.default, f"{spec.name}.{key}") == p.default
+        for name in [spec.name, *(f"{spec.name}.{v}" for v in spec.variants)]:
+            for dataset in (None, "synthetic", *spec.dataset_defaults):
+                method_params(name, None, dataset)
+        method_params(spec.name, spec.smoke, "synthetic")
+
+
+def test_extensions_keep_the_inherited_ranges():
+    """`with_defaults` changes a default and keeps the range; an extension adds its own parameters."""
+    from baselines.cnniqa import CNNIQAParams
+    from baselines.deep import DeepIQAParams
+    from baselines.hypernet import HyperIQAParams
+
+    base, cnn, hyper = declaration(DeepIQAParams), declaration(CNNIQAParams), declaration(HyperIQAParams)
+    assert cnn["lr"].default == 1e-3 and base["lr"].default == 1e-4 and cnn["lr"].gt == base["lr"].gt == 0
+    assert cnn["lr_schedule"].choices == base["lr_schedule"].choices and "lcn" in cnn and "lcn" not in base
+    assert "hyperiqa" in hyper["lr_schedule"].choices and "hyperiqa" not in base["lr_schedule"].choices
+    assert list(cnn)[:len(base)] == list(base)  # inherited parameters keep their place
+
+
+@pytest.mark.parametrize("name, setting, message", [
+    ("dbcnn", {"epochs": "0"}, "dbcnn.epochs: must be an integer >= 1; got 0"),
+    ("ipiqa", {"lr": "0"}, "ipiqa.lr: must be a number > 0; got 0.0"),
+    ("cnniqa", {"optimizer": "lbfgs"}, "cnniqa.optimizer: must be one of adamw, adam, sgd; got 'lbfgs'"),
+    ("ipiqa", {"dropout": "1"}, "ipiqa.dropout: must be a number >= 0 and < 1; got 1.0"),
+])
+def test_a_range_violation_is_refused_by_the_plan_before_any_training(name, setting, message, tiny_agiqa3k,
+                                                                      monkeypatch):
+    from agiqa_bench.runner import plan_run
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained although the plan should have refused the configuration")
+
+    monkeypatch.setattr("baselines.deep.fit_regressor", no_training)
+    monkeypatch.setattr("ipiqa.method.fit_regressor", no_training)
+    with pytest.raises(ConfigError) as err:
+        plan_run([name], "agiqa3k", data_root=tiny_agiqa3k, repeats=1, overrides={name: setting})
+    assert str(err.value) == message
+
+
 def test_entry_point_plugins_are_picked_up(monkeypatch):
     from agiqa_bench import registry
     from agiqa_bench.method import MethodSpec
@@ -126,7 +188,7 @@ def test_method_contract(name, contract_data, image2prompt_ckpt, tmp_path):
     ds, split = contract_data
     spec, _ = get_spec(name)
     smoke = dict(spec.smoke)
-    if "image2prompt" in load_class(spec).params:
+    if "image2prompt" in declaration(load_class(spec).params):
         smoke["image2prompt"] = str(image2prompt_ckpt)
     targets = ds.targets if spec.joint_targets else ds.targets[:1]
     train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)

@@ -13,9 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agiqa_bench.errors import ConfigError
-
-CLASS_POSITIONS = ("middle", "end", "front")
-CTX_INITS = ("normal", "x")
+from baselines.clipiqa import CLASS_POSITIONS, CTX_INITS  # declared with the method's parameters
 
 
 
