@@ -52,7 +52,7 @@ class WorkerContext:
     split_protocol: str
     split_family: str
     split_params: dict
-    device: str
+    device: str  # as asked (auto, cpu, cuda[:N]): resolved on the worker, which may have other devices
     out: str
     keep_checkpoints: bool = False
     threads: int | None = None  # torch / BLAS threads per worker (None: leave as is)
@@ -133,7 +133,10 @@ def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
     try:
         plan = WorkerPlan(dataset=_dataset_for(ctx), data_hash=ctx.data_hash, split_protocol=ctx.split_protocol,
                           split_family=ctx.split_family, split_params=ctx.split_params)
-        rows = job_rows(job, plan, device=ctx.device, out=Path(ctx.out), keep_checkpoints=ctx.keep_checkpoints)
+        from agiqa_bench.device import resolve_device
+
+        rows = job_rows(job, plan, device=resolve_device(ctx.device), out=Path(ctx.out),
+                        keep_checkpoints=ctx.keep_checkpoints)
         return JobOutcome(index, rows=rows)
     except KeyboardInterrupt:
         raise
@@ -143,8 +146,12 @@ def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
         return JobOutcome(index, error=message, unavailable=isinstance(exc, MethodUnavailable))
 
 
-def _init_local_worker(ctx: WorkerContext) -> None:
+def _init_local_worker(ctx: WorkerContext, counter=None, gpus: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    if counter is not None and gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        with counter.get_lock():  # before torch is imported here: worker k trains on GPU k % gpus
+            index, counter.value = counter.value, counter.value + 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
     set_threads(ctx.threads)
     _worker_state["ctx"] = ctx
 
@@ -178,19 +185,21 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int, *, max_tries: int = MAX_TRIES):
+    def __init__(self, workers: int, *, max_tries: int = MAX_TRIES, gpus: int = 0):
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         self.workers = workers
         self.max_tries = max_tries
+        self.gpus = gpus  # > 1: worker k sees only GPU k % gpus
         self._pool = None
 
     def _new_pool(self, ctx: WorkerContext):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                         initializer=_init_local_worker, initargs=(ctx,))
+        spawn = mp.get_context("spawn")
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=spawn, initializer=_init_local_worker,
+                                         initargs=(ctx, spawn.Value("i", 0), self.gpus))
         return self._pool
 
     def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
@@ -333,24 +342,41 @@ class RayExecutor:
             self._started = False
 
 
-def default_workers(n_jobs: int) -> int:
-    """As many workers as cores (and no more than there are jobs)."""
-    return max(1, min(os.cpu_count() or 1, n_jobs))
+def cuda_devices(device: str) -> int:
+    """How many CUDA devices jobs on `device` (auto, cuda, cuda:N, cpu) may spread over."""
+    if device == "cpu" or device.startswith("cuda:"):
+        return 0 if device == "cpu" else 1
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:  # pragma: no cover
+        return 0
+
+
+def default_workers(n_jobs: int, *, gpus: int = 0, gpus_per_job: float | None = None) -> int:
+    """As many workers as cores, no more than there are jobs; on GPUs, one training per GPU (or
+    1 / gpus_per_job per GPU: 0.25 packs four), so trainings never crowd a GPU by default."""
+    n = max(1, min(os.cpu_count() or 1, n_jobs))
+    if gpus:
+        n = min(n, max(1, int(gpus / (gpus_per_job or 1.0))))
+    return n
 
 
 def make_executor(kind: str | None, *, workers: int | None, n_jobs: int, ray_address: str | None = None,
-                  gpus_per_job: float | None = None):
+                  gpus_per_job: float | None = None, device: str = "cpu"):
     """The executor `run` asks for: `kind` None means local when more than one worker is useful, else serial."""
     if kind is not None and kind not in EXECUTORS:
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, not {kind!r}")
     if ray_address and kind in (None, "ray"):
         kind = "ray"
-    n = workers if workers is not None else default_workers(n_jobs)
+    gpus = cuda_devices(device) if kind != "ray" else 0
+    n = workers if workers is not None else default_workers(n_jobs, gpus=gpus, gpus_per_job=gpus_per_job)
     if kind is None:
         kind = "local" if n > 1 else "serial"
     if kind == "serial":
         return SerialExecutor()
     if kind == "local":
-        return LocalExecutor(n)
+        return LocalExecutor(n, gpus=gpus)
     return RayExecutor(workers if workers is not None or ray_address else n, address=ray_address,
                        gpus_per_job=gpus_per_job)

@@ -384,7 +384,7 @@ def execute(
 
     out = Path(out)
     ds, splits = plan.dataset, plan.splits
-    device = resolve_device(device)
+    resolve_device(device)  # a bad --device fails here, before any work; workers resolve it for themselves
     emit = on_event or (lambda kind, payload: None)
     summary = RunSummary(out)
     with RunLock(out, wait=wait_for_lock), ResultStore(out) as store:
@@ -396,7 +396,8 @@ def execute(
             else:
                 todo.append(job)
         exe = executor if not isinstance(executor, (str, type(None))) else make_executor(
-            executor, workers=workers, n_jobs=len(todo), ray_address=ray_address, gpus_per_job=gpus_per_job)
+            executor, workers=workers, n_jobs=len(todo), ray_address=ray_address, gpus_per_job=gpus_per_job,
+            device=device)
         summary.executor, summary.workers = exe.name, exe.workers or 0
         for m in plan.methods:
             n = sum(1 for job in todo if job.method.name == m.name)
