@@ -171,7 +171,7 @@ def test_a_full_disk_while_storing_stops_with_one_line_and_keeps_finished_rows(t
 
     monkeypatch.setattr(store.ResultStore, "_write", full)
     result = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k, "--repeats", "2",
-                    "--out", out)
+                    "--out", out, "--executor", "local", "--workers", "2")  # the driver writes: the patch applies
     one_line_error(result, "cannot write the results store", "results.sqlite", "database or disk is full",
                    "free disk space", "rerun the same command")
     monkeypatch.setattr(store.ResultStore, "_write", real)
@@ -225,7 +225,7 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_agiqa3k, tmp_path,
 
     monkeypatch.setattr(runner_module, "job_rows", interrupt_second)
     args = ["run", "--methods", "brightness", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k, "--repeats", "3",
-            "--target", "quality", "--out", tmp_path / "runs"]
+            "--target", "quality", "--out", tmp_path / "runs", "--executor", "serial"]  # the patch is in-process
     result = invoke(*args)
     assert result.exit_code == 130
     assert "interrupted; 1 job(s) finished in this run and kept" in result.output and "rerun the same command" in result.output
@@ -249,7 +249,7 @@ def test_warnings_raised_in_a_run_are_summarised_and_reported(tiny_agiqa3k, tmp_
     monkeypatch.setattr(Brightness, "predict", noisy)
     out = tmp_path / "runs"
     result = invoke("run", "--methods", "brightness", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k,
-                    "--repeats", "2", "--target", "quality", "--out", out)
+                    "--repeats", "2", "--target", "quality", "--out", out, "--executor", "serial")
     assert result.exit_code == 0, result.output
     assert "1 distinct warning(s)" in result.output and "brightness (2 row(s)): prompt truncated to 77 tokens" in result.output
     report = invoke("report", "--out", out, "--no-figures", "--bootstrap", "0")

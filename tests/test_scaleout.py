@@ -182,3 +182,34 @@ def test_a_run_joins_a_ray_cluster_by_address(tiny_agiqa3k, tmp_path, ray_env):
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=_ray_env(), timeout=120)
         time.sleep(1)
+
+
+def test_ctrl_c_stops_the_workers_and_keeps_finished_jobs(tiny_agiqa3k, tmp_path, monkeypatch):
+    """Ctrl-C in the driver (here: raised from the progress callback) terminates the worker processes at once;
+    the finished jobs are in the store and the same call resumes without redoing them."""
+    import multiprocessing
+
+    from agiqa_bench import executors
+
+    made = []
+    real_pool = executors.LocalExecutor._new_pool
+
+    def spy(self, ctx):
+        pool = real_pool(self, ctx)
+        made.append(pool)
+        return pool
+
+    monkeypatch.setattr(executors.LocalExecutor, "_new_pool", spy)
+    plan = plan_run(["cpbd"], "agiqa3k", data_root=tiny_agiqa3k, repeats=4, targets=["quality"])
+
+    def interrupt(kind, payload):
+        if kind == "done":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(plan, out=tmp_path, executor="local", workers=2, on_event=interrupt)
+    time.sleep(0.5)
+    assert made and not any(p.is_alive() for p in multiprocessing.active_children())
+    assert len(stored(tmp_path)) == 1
+    again = execute(plan, out=tmp_path, executor="local", workers=2)
+    assert again.skipped == 1 and again.done == 3 and len(stored(tmp_path)) == 4
