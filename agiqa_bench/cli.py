@@ -158,8 +158,10 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
         f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
         f"(hash {plan.splits.hash}); methods: {', '.join(m.name for m in plan.methods)}"
     )
-    summary = _execute_with_progress(plan, execute, out, device, force, keep_checkpoints, **executor_options)
-    _print_summary(out, plan)
+    from agiqa_bench.cli_progress import execute_with_progress, print_summary
+
+    summary = execute_with_progress(plan, execute, out, device, force, keep_checkpoints, **executor_options)
+    print_summary(out, plan)
     if summary.warnings:
         err_console.print(f"[yellow]{len(summary.warnings)} distinct warning(s)[/] raised by the methods during the run "
                           "(also in the report's Warnings section):", highlight=False)
@@ -218,75 +220,6 @@ def ablate(
                       split_protocol=split_protocol, seed=seed, overrides=overrides, out=out, device=device,
                       force=force, keep_checkpoints=False,
                       executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job))
-
-
-def _execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False, **executor_options):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
-        counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1}
-
-        def state() -> str:
-            left = counts["jobs"] - counts["done"] - counts["failed"]
-            return (f"{counts['done']} done, {min(left, counts['workers'])} running, {counts['failed']} failed"
-                    if counts["jobs"] else "")
-
-        def on_event(kind: str, payload: dict) -> None:
-            if kind == "start":
-                counts["jobs"], counts["workers"] = payload["jobs"], payload["workers"]
-                tasks["*"] = progress.add_task(f"{'all jobs':<18}", total=payload["jobs"], state=state())
-                progress.console.print(f"{payload['jobs']} job(s) on the {payload['executor']} executor"
-                                       + (f" ({payload['workers']} workers)" if payload["workers"] > 1 else ""))
-                return
-            name = payload["method"]
-            if kind == "method":
-                tasks[name] = progress.add_task(f"{name:<18}", total=payload["todo"], state="")
-            elif kind in ("done", "error"):
-                counts["done" if kind == "done" else "failed"] += 1
-                progress.advance(tasks[name])
-                progress.update(tasks["*"], advance=1, state=state())
-
-        try:
-            summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
-                              on_event=on_event, **executor_options)
-        except KeyboardInterrupt:
-            progress.stop()
-            err_console.print(f"interrupted; {counts['done']} job(s) finished in this run and kept in "
-                              f"{out}/results.sqlite, rerun the same command to resume", highlight=False)
-            raise typer.Exit(130) from None
-    if summary.skipped:
-        console.print(f"skipped {summary.skipped} finished row(s) already in {out}/results.sqlite (use --force to redo)")
-    return summary
-
-
-def _print_summary(out: Path, plan) -> None:
-    from agiqa_bench.store import read_results
-    from leaderboard.aggregate import summarize
-
-    frame = read_results(out, status=None)
-    hashes = {s.hash for s in plan.splits.splits}
-    frame = frame[(frame["data_hash"] == plan.data_hash) & frame["split_hash"].isin(hashes)]
-    frame = frame[frame["method"].isin([m.name for m in plan.methods])]
-    summary = summarize(frame)
-    if summary.empty:
-        return  # nothing finished (the failures were listed above)
-    table = Table(title=f"{plan.dataset.name}: mean over repeats (test parts)")
-    for col in ("method", "target", "repeats", "SRCC", "PLCC", "KRCC"):
-        table.add_column(col, justify="left" if col in ("method", "target") else "right")
-    for _, r in summary.sort_values(["target", "srcc_mean"], ascending=[True, False]).iterrows():
-        fmt = lambda m: "n/a" if r[f"{m}_mean"] != r[f"{m}_mean"] else f"{r[f'{m}_mean']:.4f}"  # noqa: E731
-        table.add_row(r["label"], r["target"], str(r["n"]), fmt("srcc"), fmt("plcc"), fmt("krcc"))
-    console.print(table)
 
 
 @app.command()

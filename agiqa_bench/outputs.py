@@ -13,11 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from agiqa_bench.errors import StoreError
+from agiqa_bench.errors import ConfigError, StoreError
 
 
 def output_error(path: Path, action: str, exc: BaseException) -> StoreError:
@@ -56,3 +57,45 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, what: 
 
 def atomic_write_text(path: str | Path, text: str, *, what: str = "write") -> Path:
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), what=what)
+
+
+class RunLock:
+    """`<out>/.agiqa-bench.lock`: one run per output folder at a time (an advisory lock, released on exit
+    and by the kernel when the process dies, so a killed run never leaves a stale lock)."""
+
+    def __init__(self, out: Path, *, wait: bool = False):
+        self.path = Path(out) / ".agiqa-bench.lock"
+        self.wait = wait
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise output_error(self.path.parent, "use the output folder", exc) from None
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            raise ConfigError(f"{self.path.parent} is in use by another agiqa-bench run ({holder}); wait for it to "
+                              "finish, pass --wait to queue behind it, or use another --out") from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            self._fh.seek(0)
+            self._fh.truncate()
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

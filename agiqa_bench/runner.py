@@ -39,6 +39,7 @@ from agiqa_bench.registry import (
     split_name,
 )
 from agiqa_bench.splits import Split, SplitSet, make_splits
+from agiqa_bench.outputs import RunLock
 from agiqa_bench.store import ResultRow, ResultStore
 
 
@@ -457,50 +458,6 @@ def _outcomes(exe, ctx, todo, unavailable, emit):
                 yield run_one(ctx, index, job)
         return
     yield from exe.run(ctx, todo)
-
-
-class RunLock:
-    """`<out>/.agiqa-bench.lock`: one run per output folder at a time (an advisory lock, released on exit
-    and by the kernel when the process dies, so a killed run never leaves a stale lock)."""
-
-    def __init__(self, out: Path, *, wait: bool = False):
-        self.path = Path(out) / ".agiqa-bench.lock"
-        self.wait = wait
-        self._fh = None
-
-    def __enter__(self) -> "RunLock":
-        import fcntl
-
-        from agiqa_bench.outputs import output_error
-
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a+")
-        except OSError as exc:
-            raise output_error(self.path.parent, "use the output folder", exc) from None
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "another process"
-            self._fh.close()
-            raise ConfigError(f"{self.path.parent} is in use by another agiqa-bench run ({holder}); wait for it to "
-                              "finish, pass --wait to queue behind it, or use another --out") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"pid {os.getpid()} on {os.uname().nodename}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import fcntl
-
-        if self._fh is not None:
-            self._fh.seek(0)
-            self._fh.truncate()
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 def run_benchmark(methods: Sequence[str] | None = None, dataset: str | Dataset = "synthetic", *,

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 
 from agiqa_bench.cli import app
 from agiqa_bench.registry import get_spec
-from agiqa_bench.runner import RunLock, execute, plan_run
+from agiqa_bench.outputs import RunLock
+from agiqa_bench.runner import execute, plan_run
 from agiqa_bench.store import read_results
 
 METHODS = ["cpbd", "ceiq", "ipiqa", "cnniqa"]
