@@ -24,6 +24,13 @@
       or any per-group schedule through `fit_regressor(lr_at=...)`;
       `reset_optimizer` rebuilds the optimizer (fresh moments) every epoch.
 - Seeded: same seed, same data, same device -> same model on CPU.
+- GPU efficiency (none of it changes a CPU number): no host synchronisation
+  inside the step loop (the epoch's random draws go to the device once per
+  epoch, the losses stay there until the epoch ends); the image bank moves to
+  the GPU when it fits (`BANK_GPU_FRACTION` of the free memory); prediction
+  heads run in float32 outside bf16 autocast (`agiqa_bench.amp.run_fp32`);
+  channels_last for convolutional models on CUDA; `AGIQA_BENCH_COMPILE=1`
+  compiles the training forward on CUDA (recorded in the job info).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -49,6 +56,11 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 CROP_MODES = ("grid", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Device types on which `amp=True` turns bf16 autocast on.  CUDA only: CPU numbers are computed in float32
+#: (the tests add "cpu" to run the CUDA code path on a CPU).
+AUTOCAST_DEVICE_TYPES = {"cuda"}
+#: The image bank goes to the GPU for a fit when it takes less than this share of the free GPU memory.
+BANK_GPU_FRACTION = 0.4
 
 
 class ImageBank:
@@ -164,6 +176,40 @@ def warmup_cosine(step: int, total: int, base: float, warmup: int, schedule: str
     return 0.5 * base * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def no_decay_ids(model) -> set[int]:
+    """ids of the parameters weight decay leaves alone: biases, the parameters of norm layers, every 1-d one."""
+    import torch
+
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    out = {id(p) for name, p in model.named_parameters() if p.ndim < 2 or name.rsplit(".", 1)[-1] == "bias"}
+    for m in model.modules():
+        if isinstance(m, norms):
+            out.update(id(p) for p in m.parameters(recurse=False))
+    return out
+
+
+def decay_groups(model, parts: Sequence[tuple[Sequence[Any], float]], weight_decay: float, *,
+                 decay_all: bool = False) -> list[dict]:
+    """Optimizer groups, one {params, lr, weight_decay} per (params, lr) part, in order.
+
+    With weight_decay > 0 (and not `decay_all`), each part's biases, norm-layer and 1-d parameters
+    (`no_decay_ids`) move to a group of their own right after it, same lr, weight_decay 0; a part left
+    with nothing to decay then keeps that group only.  weight_decay == 0 (or `decay_all`): exactly one
+    group per part, as given (empty ones included), so the optimizer is the same as before.
+    """
+    skip = no_decay_ids(model) if weight_decay and not decay_all else set()
+    groups = []
+    for params, lr in parts:
+        params = list(params)
+        keep = [p for p in params if id(p) not in skip]
+        rest = [p for p in params if id(p) in skip]
+        if keep or not rest:
+            groups.append({"params": keep, "lr": lr, "weight_decay": weight_decay})
+        if rest:
+            groups.append({"params": rest, "lr": lr, "weight_decay": 0.0})
+    return groups
+
+
 def make_optimizer(groups: list[dict], config: TrainConfig):
     import torch
 
@@ -197,10 +243,14 @@ def crop_positions(size: int, crop: int, n: int, mode: str, rng: np.random.Gener
 
 def random_crops(batch_u8, crop: int, rng: np.random.Generator):
     """One random `crop` square per image of a (B, C, S, S) batch (a new position for each image)."""
+    size = batch_u8.shape[-1]
+    return crops_at(batch_u8, crop, rng.integers(0, size - crop + 1, (len(batch_u8), 2)))
+
+
+def crops_at(batch_u8, crop: int, pos):
+    """The `crop` square at (top, left) = pos[i] (host integers) of every image i (views, one copy)."""
     import torch
 
-    size = batch_u8.shape[-1]
-    pos = rng.integers(0, size - crop + 1, (len(batch_u8), 2))
     return torch.stack([img[:, t:t + crop, l:l + crop] for img, (t, l) in zip(batch_u8, pos)])
 
 
@@ -216,13 +266,49 @@ def multi_crops(batch_u8, crop: int, n: int, mode: str, rng: np.random.Generator
     return torch.stack(out)
 
 
-def normalise(batch_u8, mean=CLIP_MEAN, std=CLIP_STD):
+_NORM_CONSTANTS: dict = {}
+
+
+def _norm_constant(values, device):
+    """(1, 3, 1, 1) float32 tensor of `values` on `device`, made once (no host-to-device copy per batch)."""
     import torch
 
+    key = (tuple(float(v) for v in values), str(device))
+    out = _NORM_CONSTANTS.get(key)
+    if out is None:
+        out = _NORM_CONSTANTS[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
+    return out
+
+
+def normalise(batch_u8, mean=CLIP_MEAN, std=CLIP_STD):
     x = batch_u8.float().div_(255.0)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    return (x - _norm_constant(mean, x.device)) / _norm_constant(std, x.device)
+
+
+def on_device_if_fits(tensors: Sequence[Any], device, fraction: float | None = None) -> tuple[list, bool]:
+    """`tensors` moved to a CUDA `device` when together they take less than `fraction` (default
+    `BANK_GPU_FRACTION`) of its free memory; (tensors, moved).  On CPU nothing moves."""
+    import torch
+
+    tensors = list(tensors)
+    if torch.device(device).type != "cuda" or not tensors:
+        return tensors, False
+    fraction = BANK_GPU_FRACTION if fraction is None else fraction
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    if sum(t.numel() * t.element_size() for t in tensors) >= fraction * free:
+        return tensors, False
+    return [t.to(device) for t in tensors], True
+
+
+def _to_device(x, device):
+    """A host tensor to a CUDA device without waiting for it (pinned, non-blocking); as is on CPU."""
+    import torch
+
+    if x.device == torch.device(device):
+        return x
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def selection_score(pred: np.ndarray, truth: np.ndarray, selection: str) -> float:
@@ -245,44 +331,56 @@ def selection_score(pred: np.ndarray, truth: np.ndarray, selection: str) -> floa
 class FitResult:
     best_epoch: int
     history: list[dict]
+    #: GPU speed-ups this fit used, each True when on (compile, channels_last, bank_on_device); {} on CPU
+    runtime: dict = field(default_factory=dict)
 
 
 def predict_batches(model, images_u8, extras, device: str, batch_size: int, amp: bool, mean=CLIP_MEAN, std=CLIP_STD,
-                    *, crop_size: int = 0, crops: int = 0, crop_mode: str = "grid", seed: int = 0):
+                    *, crop_size: int = 0, crops: int = 0, crop_mode: str = "grid", seed: int = 0, forward=None):
     """Predictions (N, K) in eval mode; with `crops` > 0, the mean over `crops` crops of `crop_size` per image.
 
     Random test crops are drawn from `seed`, so the same call gives the same scores.
-    At most `batch_size` crops go through the model at once.
+    At most `batch_size` crops go through the model at once.  `forward` (default `model`) is what is
+    called (a compiled model); the outputs are float32, collected on the device and copied back once.
     """
     import torch
 
+    from agiqa_bench.amp import use_channels_last
+
     model.eval()
+    forward = forward or model
     outs = []
     n = max(1, crops) if crop_size else 1
     step = max(1, batch_size // n)
     rng = np.random.default_rng(seed)
+    channels_last = use_channels_last(model, device)
+    (images_u8, *extras), _ = on_device_if_fits([images_u8, *extras], device)
     with torch.no_grad():
         for start in range(0, len(images_u8), step):
             x = images_u8[start:start + step]
             if crop_size and crops:
                 x = multi_crops(x, crop_size, crops, crop_mode, rng)
-            x = normalise(x.to(device), mean, std)
+            x = normalise(_to_device(x, device), mean, std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             args = [e[start:start + step] for e in extras]
-            args = [(a.repeat_interleave(n, 0) if n > 1 else a).to(device) for a in args]
+            args = [_to_device(a.repeat_interleave(n, 0) if n > 1 else a, device) for a in args]
             with _autocast(device, amp):
-                y = model(x, *args)
-            outs.append(y.float().cpu().reshape(len(x) // n, n, -1).mean(1))
-    pred = torch.cat(outs).numpy().astype(np.float64)
+                y = forward(x, *args)
+            outs.append(y.float().reshape(len(x) // n, n, -1).mean(1))
+    pred = torch.cat(outs).cpu().numpy().astype(np.float64)
     return pred.reshape(len(images_u8), -1)
 
 
 def _autocast(device: str, amp: bool):
+    """bf16 autocast for `device`'s type when `amp` and that type is in `AUTOCAST_DEVICE_TYPES`."""
     import contextlib
 
     import torch
 
-    if amp and str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    kind = torch.device(device).type
+    if amp and kind in AUTOCAST_DEVICE_TYPES:
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -319,17 +417,31 @@ def fit_regressor(
         raise ConfigError("selection 'val' needs a validation part; use --val-fraction > 0 or selection=last")
     if config.selection == "test-oracle" and not oracle:
         raise ConfigError("selection 'test-oracle' needs the test part (the runner provides it)")
+    from agiqa_bench.amp import maybe_compile, use_channels_last
+
     extras = extras or (lambda items: [])
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device)
+    channels_last = use_channels_last(model, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = maybe_compile(model, device)
     x_train = ImageBank.get(train, config.image_size)
     e_train = extras(train)
-    y_train = torch.tensor([[it.targets[t] for t in targets] for it in train], dtype=torch.float32)
+    y_train = torch.tensor([[it.targets[t] for t in targets] for it in train], dtype=torch.float32).to(device)
     watch = val if config.selection == "val" else oracle if config.selection == "test-oracle" else None
+    x_watch = e_watch = None
     if watch:
         x_watch, e_watch = ImageBank.get(watch, config.image_size), extras(watch)
         y_watch = np.array([[it.targets[t] for t in targets] for it in watch], dtype=np.float64)
+    # the image bank (and the extras) on the GPU when they fit; on CPU nothing moves
+    bank = [x_train, *e_train] + ([x_watch, *e_watch] if watch else [])
+    bank, on_device = on_device_if_fits(bank, device)
+    x_train, e_train = bank[0], bank[1:1 + len(e_train)]
+    if watch:
+        x_watch, e_watch = bank[1 + len(e_train)], bank[2 + len(e_train):]
+    e_train = [e.to(device) for e in e_train]
     optimizer = make_optimizer(optimizer_groups, config)
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
     loss_fn = torch.nn.functional.l1_loss if config.loss == "l1" else torch.nn.functional.mse_loss
@@ -338,6 +450,8 @@ def fit_regressor(
     n_seen = len(train) * config.crops_per_image
     batch = min(config.batch_size, n_seen)
     best_score, best_epoch, best_state, history = float("-inf"), config.epochs - 1, None, []
+    runtime = {k: True for k, on in (("compile", forward is not model), ("channels_last", channels_last),
+                                     ("bank_on_device", on_device)) if on}
     for epoch in range(config.epochs):
         if config.reset_optimizer and epoch > 0:
             optimizer = make_optimizer(optimizer_groups, config)
@@ -348,32 +462,47 @@ def fit_regressor(
             order = rng.permutation(len(train))
         else:
             order = rng.permutation(np.repeat(np.arange(len(train)), config.crops_per_image))
-        losses = []
-        for start in range(0, len(order) - batch + 1, batch):  # drop_last, as the reference
-            idx = torch.from_numpy(order[start:start + batch])
-            x = x_train[idx]
+        starts = range(0, len(order) - batch + 1, batch)  # drop_last, as the reference
+        # the epoch's random draws, from the CPU generator in the order the steps used to draw them
+        # (each step: its crop positions, then its flips), sent to the device once
+        crop_pos, flips = [], []
+        for _ in starts:
             if config.crop_size:
-                x = random_crops(x, config.crop_size, rng)
-            x = x.to(device)
+                crop_pos.append(rng.integers(0, config.image_size - config.crop_size + 1, (batch, 2)))
             if config.hflip:
-                flip = torch.from_numpy(rng.random(len(idx)) < 0.5).to(device)
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                flips.append(rng.random(batch) < 0.5)
+        order_d = _to_device(torch.from_numpy(order), device)  # indexes the targets and extras
+        order_x = order_d if x_train.device == order_d.device else torch.from_numpy(order)  # indexes the bank
+        flips_d = _to_device(torch.from_numpy(np.stack(flips)), device) if flips else None
+        losses = torch.empty(len(starts), dtype=torch.float32, device=device)
+        for k, start in enumerate(starts):
+            idx = order_d[start:start + batch]
+            x = x_train[order_x[start:start + batch]]
+            if config.crop_size:
+                x = crops_at(x, config.crop_size, crop_pos[k])
+            x = _to_device(x, device)
+            if config.hflip:
+                x = torch.where(flips_d[k].view(-1, 1, 1, 1), x.flip(-1), x)
             x = normalise(x, mean, std)
-            args = [e[idx].to(device) for e in e_train]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            args = [e[idx] for e in e_train]
             with _autocast(device, config.amp):
-                pred = model(x, *args)
-            loss = loss_fn(pred.float().reshape(len(idx), -1), y_train[idx].to(device))
+                pred = forward(x, *args)
+            loss = loss_fn(pred.float().reshape(batch, -1), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            losses[k] = loss.detach()
+        # one read of the epoch's losses (float64 mean of the float32 values, as per-step reads gave)
+        losses = losses.cpu().numpy().astype(np.float64)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if len(losses) else float("nan"),
                   "lr": [float(g["lr"]) for g in optimizer.param_groups]}
         if config.loss == "mse":
             record["train_mse"] = record["train_loss"]
         if watch:
             pred = predict_batches(model, x_watch, e_watch, device, config.eval_batch_size, config.amp, mean, std,
-                                   **test_crops)
+                                   forward=forward, **test_crops)
             score = selection_score(pred, y_watch, config.selection)
             record["selection_score"] = score
             if score > best_score:
@@ -384,7 +513,7 @@ def fit_regressor(
             on_epoch(record)
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(best_epoch=best_epoch, history=history)
+    return FitResult(best_epoch=best_epoch, history=history, runtime=runtime)
 
 
 # -- the trainable-torch method base ----------------------------------------------------------

@@ -49,6 +49,7 @@ from agiqa_bench.training import (
     FitResult,
     TorchRegressor,
     TrainConfig,
+    decay_groups,
     fit_regressor,
 )
 
@@ -192,13 +193,16 @@ class DeepIQAMethod(TorchRegressor):
     - `build(num_outputs, weights)`: the model, from the loaded state dicts;
     - `is_head(name)`: parameters trained at lr x `head_lr_scale`;
     - `train_model`: one `fit_regressor` call by default (DBCNN has two stages);
-    - `lr_at`: an optional per-epoch, per-group learning rate (HyperIQA).
+    - `lr_at`: an optional per-epoch, per-group learning rate (HyperIQA);
+    - `fp32_head(net)`: the layers run in float32 under bf16 autocast (default: every `nn.Linear`).
     """
 
     params: ClassVar[type] = DeepIQAParams
     weight_params: ClassVar[dict[str, Mapping[str, Source]]] = {}
     #: `lr_schedule` values the subclass implements through `lr_at` (the loop itself then runs "constant").
     custom_schedules: ClassVar[tuple[str, ...]] = ()
+    #: Weight decay on every parameter (the official recipes); False: none on biases, norm layers and 1-d ones.
+    decay_all: ClassVar[bool] = True
     mean: ClassVar[tuple[float, float, float]] = IMAGENET_MEAN
     std: ClassVar[tuple[float, float, float]] = IMAGENET_STD
 
@@ -217,6 +221,13 @@ class DeepIQAMethod(TorchRegressor):
     def lr_at(self, groups: list[dict], cfg: TrainConfig) -> Callable[[int, int], float] | None:
         return None
 
+    def fp32_head(self, net) -> None:
+        """The head runs in float32 outside bf16 autocast: by default every `nn.Linear` of the network (the
+        fully connected layers after the convolutional trunk; `agiqa_bench.amp.fp32_linears`)."""
+        from agiqa_bench.amp import fp32_linears
+
+        fp32_linears(net)
+
     def train_model(self, train, val, cfg: TrainConfig) -> list[FitResult]:
         return [self._fit(train, val, cfg, self.param_groups(cfg))]
 
@@ -232,13 +243,18 @@ class DeepIQAMethod(TorchRegressor):
                 for param, sources in self.weight_params.items()}
 
     def param_groups(self, cfg: TrainConfig, names: Callable[[str], bool] | None = None) -> list[dict]:
-        """[backbone, head] groups of the trainable parameters (those `names` selects, default all)."""
+        """[backbone, head] groups of the trainable parameters (those `names` selects, default all).
+
+        Built by `training.decay_groups`, as IP-IQA's; with `decay_all` (the class default) weight decay
+        applies to every parameter, biases and norm layers included, as the official recipes (pyiqa's
+        AdamW, DBCNN's SGD/Adam, HyperIQA's Adam) do, so their default weight decays train as before."""
         body, head = [], []
         for name, p in self.net.named_parameters():
             if names is None or names(name):
                 (head if self.is_head(name) else body).append(p)
-        groups = [{"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
-                  {"params": head, "lr": cfg.lr * cfg.head_lr_scale, "weight_decay": cfg.weight_decay}]
+        parts = [(body, cfg.lr), (head, cfg.lr * cfg.head_lr_scale)]
+        groups = decay_groups(self.net, [(ps, lr) for ps, lr in parts if ps], cfg.weight_decay,
+                              decay_all=self.decay_all)
         return [g for g in groups if g["params"]]
 
     def _fit(self, train, val, cfg: TrainConfig, groups: list[dict]) -> FitResult:
@@ -257,6 +273,7 @@ class DeepIQAMethod(TorchRegressor):
         weights = self.load_weights()  # before any training: a missing file is reported at once
         torch.manual_seed(self.context.seed)
         self.net = self.build(len(self.targets), weights)
+        self.fp32_head(self.net)
         mos = np.array([[it.targets[t] for t in self.targets] for it in train], dtype=np.float64)
         if self.config["mos_scaling"] == "minmax" and len(mos):
             low, span = mos.min(0), np.ptp(mos, axis=0)
@@ -267,7 +284,8 @@ class DeepIQAMethod(TorchRegressor):
         last = results[-1].history[-1]
         self.info = {"best_epoch": [r.best_epoch for r in results] if len(results) > 1 else results[0].best_epoch,
                      "selection": cfg.selection, "train_loss_last": last["train_loss"],
-                     "pretrained": {p: str(self.config[p]) for p in self.weight_params}}
+                     "pretrained": {p: str(self.config[p]) for p in self.weight_params},
+                     **{k: v for r in results for k, v in r.runtime.items()}}  # GPU speed-ups used (compile, ...)
         self.keep_checkpoint()
 
     def predict_options(self, cfg: TrainConfig) -> dict:

@@ -178,7 +178,7 @@ class IPIQAMethod(TorchRegressor):
         result = fit_regressor(self.model, groups, train, val, self.targets, cfg, device=self.context.device,
                                seed=self.context.seed, extras=self.extras, oracle=self._oracle)
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
-                     "train_mse_last": result.history[-1]["train_mse"]}
+                     "train_mse_last": result.history[-1]["train_mse"], **result.runtime}
         self.keep_checkpoint()
 
     # -- checkpoints ----------------------------------------------------------------------

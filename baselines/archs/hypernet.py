@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pyiqa.archs.hypernet_arch import HyperNet
 from torch import nn
 
+from agiqa_bench.amp import run_fp32
 from baselines.deep import load_into
 
 LDA_CELLS = (8, 4, 2, 1)  # AvgPool2d(7, stride 7) output sizes on the 224 px stage maps (56, 28, 14, 7)
@@ -59,7 +60,10 @@ class HyperNetNet(HyperNet):
         last = feats[-1]
         if last.shape[-2:] != (FEATURE_SIZE, FEATURE_SIZE):
             last = F.adaptive_avg_pool2d(last, FEATURE_SIZE)
-        hyper = self.conv1(last)
+        return run_fp32(self.target_network, lda, self.conv1(last))
+
+    def target_network(self, lda: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """The generated network 224 -> 112 -> 56 -> 28 -> 14 -> K on the LDA vector (float32: `run_fp32`)."""
         b = hyper.shape[0]
         h = lda.unsqueeze(1)
         for i in range(5):
