@@ -38,8 +38,10 @@ def peak_mb() -> float:
 
 
 def case(name: str, folder: str, queue) -> None:
-    import numpy as np  # noqa: F401  (baseline includes the libraries)
-    from PIL import Image  # noqa: F401
+    import importlib
+
+    for lib in ("numpy", "PIL.Image"):  # the baseline includes the libraries
+        importlib.import_module(lib)
 
     from agiqa_bench.datasets.diffusiondb import PartReader
     from agiqa_bench.errors import AgiqaBenchError

@@ -111,6 +111,9 @@ class IPIQAParams:
 
 
 class IPIQAMethod(TorchRegressor):
+    #: 2: with weight_decay > 0, biases, norm layers and 1-d parameters are no longer decayed (the reference's
+    #: grouping); scores at the default weight_decay = 0 are unchanged, but the hash says which code made them.
+    version: ClassVar[str] = "2"
     params: ClassVar[type] = IPIQAParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
