@@ -79,6 +79,36 @@ def longest_first(jobs: Sequence) -> list[int]:
     return sorted(range(len(jobs)), key=lambda i: rank(jobs[i]))
 
 
+def exclusive(job) -> str | None:
+    """The lane a job must run in alone, or None.  Jobs of one cache-filling method (feature + SVR fits,
+    zero-shot scorers: everything but the torch trainings) run one at a time, in the plan's order: the first
+    computes the per-image features or scores and the rest reuse them, so no two workers compute the same
+    image, and a batched scorer sees the same batches as in the serial loop (bitwise equal scores)."""
+    spec = job.method.spec
+    if spec.kind == "trainable" and spec.family in ("ours", "deep"):
+        return None
+    return job.method.name
+
+
+def requeue(pending: deque, index: int, position: dict[int, int]) -> None:
+    """Put a job back where the longest-first order had it (so a retried job keeps its lane's order)."""
+    ordered = sorted([*pending, index], key=position.__getitem__)
+    pending.clear()
+    pending.extend(ordered)
+
+
+def take_next(pending: deque, jobs: Sequence, busy: set) -> int | None:
+    """The first pending job whose lane is free (removed from `pending`), or None."""
+    for k, i in enumerate(pending):
+        lane = exclusive(jobs[i])
+        if lane is None or lane not in busy:
+            del pending[k]
+            if lane is not None:
+                busy.add(lane)
+            return i
+    return None
+
+
 # -- the worker side ---------------------------------------------------------------------------
 _worker_state: dict[str, Any] = {}
 
@@ -207,19 +237,24 @@ class LocalExecutor:
         from concurrent.futures.process import BrokenProcessPool
 
         pending = deque(longest_first(jobs))
+        position = {i: k for k, i in enumerate(pending)}
         tries = {i: 0 for i in pending}
         while pending:
             pool = self._new_pool(ctx)
             inflight: dict = {}
             broken = False
+            busy: set = set()
             while (pending or inflight) and not broken:
-                while pending and len(inflight) < self.workers:
-                    i = pending.popleft()
+                while len(inflight) < self.workers:
+                    i = take_next(pending, jobs, busy)
+                    if i is None:
+                        break
                     tries[i] += 1
                     inflight[pool.submit(_local_task, i, jobs[i])] = i
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i = inflight.pop(fut)
+                    busy.discard(exclusive(jobs[i]))
                     try:
                         outcome = fut.result()
                     except BrokenProcessPool:
@@ -227,7 +262,7 @@ class LocalExecutor:
                         if tries[i] >= self.max_tries:
                             yield _failure(i, tries[i], "its process died")
                         else:
-                            pending.appendleft(i)
+                            requeue(pending, i, position)
                         continue
                     outcome.tries = tries[i]
                     yield outcome
@@ -236,7 +271,7 @@ class LocalExecutor:
                     if tries[i] >= self.max_tries:
                         yield _failure(i, tries[i], "its process died")
                     else:
-                        pending.appendleft(i)
+                        requeue(pending, i, position)
             self.close()
 
     def close(self) -> None:
@@ -320,15 +355,19 @@ class RayExecutor:
         order = deque(longest_first(jobs))
         limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         inflight: dict = {}
+        busy: set = set()
         while order or inflight:
-            while order and len(inflight) < limit:
-                i = order.popleft()
+            while len(inflight) < limit:
+                i = take_next(order, jobs, busy)
+                if i is None:
+                    break
                 res = self.resources(jobs[i])
                 ref = task.options(max_retries=self.max_tries - 1, **res).remote(ctx_ref, i, jobs[i], ctx.threads)
                 inflight[ref] = i
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 i = inflight.pop(ref)
+                busy.discard(exclusive(jobs[i]))
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker or its node died, after Ray's retries
