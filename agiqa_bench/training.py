@@ -1,7 +1,7 @@
 """Training machinery shared by every deep method (IP-IQA, its ablations, deep baselines).
 
-- `ImageBank`: each image is decoded and resized once per process (kept as a
-  uint8 tensor), not once per epoch or per repeat.
+- Batches come from `agiqa_bench.batches`: the `ImageBank` (each image decoded
+  and resized once per process, a uint8 tensor), crops, flips, normalisation.
 - `fit_regressor`: regression of raw MOS (MSE by default, or L1) with AdamW by
   default (or Adam / SGD with momentum; the caller's parameter groups set each
   learning rate), horizontal-flip augmentation, bf16 autocast on CUDA, and model
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,7 +44,15 @@ import numpy as np
 
 from agiqa_bench.clip import CLIP_MEAN, CLIP_STD
 from agiqa_bench.errors import ConfigError
-from agiqa_bench.images import load_rgb
+from agiqa_bench.batches import (
+    ImageBank,
+    crops_at,
+    multi_crops,
+    normalise,
+    on_device_if_fits,
+    to_device,
+    unknown,
+)
 from agiqa_bench.params import from_config
 from agiqa_bench.records import Item
 
@@ -53,47 +60,11 @@ SELECTIONS = ("val", "last", "test-oracle")
 LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
-CROP_MODES = ("grid", "random")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Device types on which `amp=True` turns bf16 autocast on.  CUDA only: CPU numbers are computed in float32
 #: (the tests add "cpu" to run the CUDA code path on a CPU).
 AUTOCAST_DEVICE_TYPES = {"cuda"}
-#: The image bank goes to the GPU for a fit when it takes less than this share of the free GPU memory.
-BANK_GPU_FRACTION = 0.4
-
-
-class ImageBank:
-    """Decoded, resized images as one uint8 tensor per (path, size), shared in the process."""
-
-    _store: dict[tuple[str, int, int], "object"] = {}
-    _lock = threading.Lock()
-
-    @classmethod
-    def get(cls, items: Sequence[Item], size: int):
-        """uint8 tensor (N, 3, size, size), bicubic square resize (aspect ratio not kept)."""
-        import torch
-
-        out = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
-        for i, item in enumerate(items):
-            try:
-                stamp = item.image.stat().st_mtime_ns
-            except OSError:
-                stamp = 0
-            key = (str(item.image), stamp, size)
-            with cls._lock:
-                cached = cls._store.get(key)
-            if cached is None:
-                cached = torch.from_numpy(load_rgb(item.image, size)).permute(2, 0, 1).contiguous()
-                with cls._lock:
-                    cls._store[key] = cached
-            out[i] = cached
-        return out
-
-    @classmethod
-    def clear(cls) -> None:
-        with cls._lock:
-            cls._store.clear()
 
 
 @dataclass
@@ -147,11 +118,6 @@ def int_tuple(text: Any, where: str) -> tuple[int, ...]:
         return tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
     except ValueError:
         raise ConfigError(f"{where}: expected comma-separated integers, got {text!r}") from None
-
-
-def unknown(what: str, value: Any, allowed: Sequence[str]) -> ValueError:
-    """A name no branch handles (a caller that bypassed the method's declaration): never a silent default."""
-    return ValueError(f"unknown {what} {value!r}; one of {', '.join(allowed)}")
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -222,95 +188,6 @@ def make_optimizer(groups: list[dict], config: TrainConfig):
     raise unknown("optimizer", config.optimizer, OPTIMIZERS)
 
 
-def crop_positions(size: int, crop: int, n: int, mode: str, rng: np.random.Generator | None = None) -> list[tuple[int, int]]:
-    """(top, left) of n square crops of side `crop` in a `size` square.
-
-    `grid`: a ceil(sqrt(n)) x ceil(sqrt(n)) lattice from corner to corner, row by
-    row, first n kept (n = 1: the centre; size = k * crop: k^2 non-overlapping
-    tiles).  `random`: uniform positions drawn from `rng`.
-    """
-    span = size - crop
-    if mode not in CROP_MODES:
-        raise unknown("test_crop_mode", mode, CROP_MODES)
-    if mode == "random":
-        if rng is None:
-            raise ValueError("random crops need an rng")
-        return [tuple(int(v) for v in rng.integers(0, span + 1, 2)) for _ in range(n)]
-    k = math.ceil(math.sqrt(n))
-    steps = [span // 2] if k == 1 else [round(i * span / (k - 1)) for i in range(k)]
-    return [(t, l) for t in steps for l in steps][:n]
-
-
-def random_crops(batch_u8, crop: int, rng: np.random.Generator):
-    """One random `crop` square per image of a (B, C, S, S) batch (a new position for each image)."""
-    size = batch_u8.shape[-1]
-    return crops_at(batch_u8, crop, rng.integers(0, size - crop + 1, (len(batch_u8), 2)))
-
-
-def crops_at(batch_u8, crop: int, pos):
-    """The `crop` square at (top, left) = pos[i] (host integers) of every image i (views, one copy)."""
-    import torch
-
-    return torch.stack([img[:, t:t + crop, l:l + crop] for img, (t, l) in zip(batch_u8, pos)])
-
-
-def multi_crops(batch_u8, crop: int, n: int, mode: str, rng: np.random.Generator | None = None):
-    """(B * n, C, crop, crop): n crops of every image, image-major; random positions differ per image."""
-    import torch
-
-    size = batch_u8.shape[-1]
-    out = []
-    for img in batch_u8:
-        for t, l in crop_positions(size, crop, n, mode, rng):
-            out.append(img[:, t:t + crop, l:l + crop])
-    return torch.stack(out)
-
-
-_NORM_CONSTANTS: dict = {}
-
-
-def _norm_constant(values, device):
-    """(1, 3, 1, 1) float32 tensor of `values` on `device`, made once (no host-to-device copy per batch)."""
-    import torch
-
-    key = (tuple(float(v) for v in values), str(device))
-    out = _NORM_CONSTANTS.get(key)
-    if out is None:
-        out = _NORM_CONSTANTS[key] = torch.tensor(values, device=device).view(1, 3, 1, 1)
-    return out
-
-
-def normalise(batch_u8, mean=CLIP_MEAN, std=CLIP_STD):
-    x = batch_u8.float().div_(255.0)
-    return (x - _norm_constant(mean, x.device)) / _norm_constant(std, x.device)
-
-
-def on_device_if_fits(tensors: Sequence[Any], device, fraction: float | None = None) -> tuple[list, bool]:
-    """`tensors` moved to a CUDA `device` when together they take less than `fraction` (default
-    `BANK_GPU_FRACTION`) of its free memory; (tensors, moved).  On CPU nothing moves."""
-    import torch
-
-    tensors = list(tensors)
-    if torch.device(device).type != "cuda" or not tensors:
-        return tensors, False
-    fraction = BANK_GPU_FRACTION if fraction is None else fraction
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    if sum(t.numel() * t.element_size() for t in tensors) >= fraction * free:
-        return tensors, False
-    return [t.to(device) for t in tensors], True
-
-
-def _to_device(x, device):
-    """A host tensor to a CUDA device without waiting for it (pinned, non-blocking); as is on CPU."""
-    import torch
-
-    if x.device == torch.device(device):
-        return x
-    if torch.device(device).type == "cuda" and x.device.type == "cpu":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
-
-
 def selection_score(pred: np.ndarray, truth: np.ndarray, selection: str) -> float:
     """Model-selection criterion over targets (columns): higher is better; NaN counts as -inf."""
     from scipy import stats
@@ -360,11 +237,11 @@ def predict_batches(model, images_u8, extras, device: str, batch_size: int, amp:
             x = images_u8[start:start + step]
             if crop_size and crops:
                 x = multi_crops(x, crop_size, crops, crop_mode, rng)
-            x = normalise(_to_device(x, device), mean, std)
+            x = normalise(to_device(x, device), mean, std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             args = [e[start:start + step] for e in extras]
-            args = [_to_device(a.repeat_interleave(n, 0) if n > 1 else a, device) for a in args]
+            args = [to_device(a.repeat_interleave(n, 0) if n > 1 else a, device) for a in args]
             with _autocast(device, amp):
                 y = forward(x, *args)
             outs.append(y.float().reshape(len(x) // n, n, -1).mean(1))
@@ -471,16 +348,16 @@ def fit_regressor(
                 crop_pos.append(rng.integers(0, config.image_size - config.crop_size + 1, (batch, 2)))
             if config.hflip:
                 flips.append(rng.random(batch) < 0.5)
-        order_d = _to_device(torch.from_numpy(order), device)  # indexes the targets and extras
+        order_d = to_device(torch.from_numpy(order), device)  # indexes the targets and extras
         order_x = order_d if x_train.device == order_d.device else torch.from_numpy(order)  # indexes the bank
-        flips_d = _to_device(torch.from_numpy(np.stack(flips)), device) if flips else None
+        flips_d = to_device(torch.from_numpy(np.stack(flips)), device) if flips else None
         losses = torch.empty(len(starts), dtype=torch.float32, device=device)
         for k, start in enumerate(starts):
             idx = order_d[start:start + batch]
             x = x_train[order_x[start:start + batch]]
             if config.crop_size:
                 x = crops_at(x, config.crop_size, crop_pos[k])
-            x = _to_device(x, device)
+            x = to_device(x, device)
             if config.hflip:
                 x = torch.where(flips_d[k].view(-1, 1, 1, 1), x.flip(-1), x)
             x = normalise(x, mean, std)

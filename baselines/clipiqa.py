@@ -93,7 +93,8 @@ from agiqa_bench.images import load_rgb
 from agiqa_bench.method import Method, MethodSpec
 from agiqa_bench.params import param
 from agiqa_bench.records import Item
-from agiqa_bench.training import SELECTIONS, TrainConfig, fit_regressor, normalise
+from agiqa_bench.training import SELECTIONS, TrainConfig, fit_regressor
+from agiqa_bench.batches import normalise
 from agiqa_bench.clip import (
     clip_weights,
     clip_weights_problem,

@@ -38,8 +38,8 @@ from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.weights import Source, available, is_random, resolve
 from agiqa_bench.records import Item
 from agiqa_bench.params import param
+from agiqa_bench.batches import CROP_MODES
 from agiqa_bench.training import (
-    CROP_MODES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     LOSSES,

@@ -167,7 +167,8 @@ def harness(model_bf16: dict) -> None:
     import numpy as np
     import torch
 
-    from agiqa_bench.training import ImageBank, TrainConfig, fit_regressor, predict_batches
+    from agiqa_bench.training import TrainConfig, fit_regressor, predict_batches
+    from agiqa_bench.batches import ImageBank
 
     n_train, n_val, epochs = 8 * BATCH, (AGIQA1K_VAL if DEVICE == "cuda" else 8), 3
     with tempfile.TemporaryDirectory() as tmp:

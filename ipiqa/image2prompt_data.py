@@ -42,7 +42,7 @@ def to_input(pixels: list[np.ndarray], device: str, flips=None):
     """Normalised float batch (B, 3, S, S) on `device`; `flips` (bool tensor (B,)) mirrors rows."""
     import torch
 
-    from agiqa_bench.training import normalise
+    from agiqa_bench.batches import normalise
 
     batch = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)
     if flips is not None and bool(flips.any()):

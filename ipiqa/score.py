@@ -35,7 +35,7 @@ def score_pairs(checkpoint: str | Path, pairs: Sequence[tuple[Path, str]], devic
     import torch
 
     from agiqa_bench.images import load_rgb
-    from agiqa_bench.training import normalise
+    from agiqa_bench.batches import normalise
     from ipiqa.method import load_checkpoint
 
     if not pairs:

@@ -19,15 +19,8 @@ from agiqa_bench.errors import MethodUnavailable
 from agiqa_bench.method import MethodContext
 from agiqa_bench.registry import create_method, get_spec, weights_status
 from agiqa_bench.splits import make_splits
-from agiqa_bench.training import (
-    ImageBank,
-    TrainConfig,
-    crop_positions,
-    fit_regressor,
-    lr_factor,
-    normalise,
-    predict_batches,
-)
+from agiqa_bench.training import TrainConfig, fit_regressor, lr_factor, predict_batches
+from agiqa_bench.batches import ImageBank, crop_positions, normalise
 from baselines import deep
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -162,7 +162,8 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
     assert 0 <= oracle.info["best_epoch"] < 3
     model, targets, _ = load_checkpoint(oracle.info["checkpoint"])
     assert targets == list(ds.targets)
-    from agiqa_bench.training import ImageBank, predict_batches
+    from agiqa_bench.training import predict_batches
+    from agiqa_bench.batches import ImageBank
 
     again = predict_batches(model, ImageBank.get(test, 64), oracle.extras(test), "cpu", 64, False)
     np.testing.assert_allclose(again, oracle.predict(test), rtol=1e-5, atol=1e-6)

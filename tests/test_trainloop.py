@@ -21,7 +21,8 @@ from agiqa_bench.datasets import load_dataset
 from agiqa_bench.method import MethodContext
 from agiqa_bench.registry import create_method, get_spec
 from agiqa_bench.splits import make_splits
-from agiqa_bench.training import decay_groups, no_decay_ids, on_device_if_fits, predict_batches
+from agiqa_bench.training import decay_groups, no_decay_ids, predict_batches
+from agiqa_bench.batches import on_device_if_fits
 from ipiqa.model import IPIQA, IPIQAConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

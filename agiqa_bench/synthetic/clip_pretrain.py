@@ -102,7 +102,7 @@ def _encode(model, images_u8, tokens, batch: int = 256):
     import torch
     import torch.nn.functional as F
 
-    from agiqa_bench.training import normalise
+    from agiqa_bench.batches import normalise
 
     was_training = model.training
     model.eval()
@@ -223,7 +223,7 @@ def contrastive_loss(model, images_u8, tokens, batch_size: int) -> float:
     import torch
     from open_clip.loss import ClipLoss
 
-    from agiqa_bench.training import normalise
+    from agiqa_bench.batches import normalise
 
     loss_fn = ClipLoss()
     was_training = model.training
@@ -307,7 +307,7 @@ def pretrain_clip(
     import torch
     from open_clip.loss import ClipLoss
 
-    from agiqa_bench.training import normalise
+    from agiqa_bench.batches import normalise
     from agiqa_bench.clip import load_clip, tokenizer_for
 
     corpus, out = Path(corpus), Path(out)
