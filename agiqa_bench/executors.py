@@ -80,14 +80,11 @@ def longest_first(jobs: Sequence) -> list[int]:
 
 
 def exclusive(job) -> str | None:
-    """The lane a job must run in alone, or None.  Jobs of one cache-filling method (feature + SVR fits,
-    zero-shot scorers: everything but the torch trainings) run one at a time, in the plan's order: the first
-    computes the per-image features or scores and the rest reuse them, so no two workers compute the same
-    image, and a batched scorer sees the same batches as in the serial loop (bitwise equal scores)."""
-    spec = job.method.spec
-    if spec.kind == "trainable" and spec.family in ("ours", "deep"):
-        return None
-    return job.method.name
+    """The lane a job must run in alone, or None.  The jobs of one zero-shot method run one at a time, in the
+    plan's order: the first scores its images and the rest reuse the cached scores, so a batched scorer sees
+    the same batches as in the serial loop (bitwise equal scores) and no image is scored twice.  Trainings
+    (torch, and feature + SVR fits, whose features are per image) run side by side."""
+    return job.method.name if job.method.spec.kind == "zero-shot" else None
 
 
 def requeue(pending: deque, index: int, position: dict[int, int]) -> None:
