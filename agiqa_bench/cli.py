@@ -70,6 +70,13 @@ def _dataset_options(pairs: Optional[List[str]], images: Optional[Path], *, drop
 
 DROP_BAD_HELP = "Benchmark without items whose image cannot be decoded or is over the pixel cap (listed in a warning)."
 MAX_PIXELS_HELP = "Pixel cap of every image read (default 40000000; or set AGIQA_BENCH_MAX_PIXELS)."
+# The executor options `run` and `ablate` share (typer reads the same declaration for both).
+EXECUTOR_OPTION = typer.Option(None, "--executor", help="serial, local (worker processes; the default with more than one core) or ray.")
+WORKERS_OPTION = typer.Option(None, "--workers", "-w", help="Parallel jobs (default: the cores, at most the jobs; 1 = serial).")
+RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Join a Ray cluster: auto or HOST:PORT (implies --executor ray).")
+GPUS_PER_JOB_OPTION = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU).")
+WAIT_OPTION = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing.")
+THREADS_PER_JOB_OPTION = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it.")
 
 
 def _version(value: bool):
@@ -111,12 +118,12 @@ def run(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="serial, local (worker processes; the default with more than one core) or ray."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel jobs (default: the cores, at most the jobs; 1 = serial)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster: auto or HOST:PORT (implies --executor ray)."),
-    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU)."),
-    wait: bool = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing."),
-    threads_per_job: Optional[int] = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it."),
+    executor: Optional[str] = EXECUTOR_OPTION,
+    workers: Optional[int] = WORKERS_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    gpus_per_job: Optional[float] = GPUS_PER_JOB_OPTION,
+    wait: bool = WAIT_OPTION,
+    threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
 ):
     """Benchmark methods on identical grouped splits and store every result."""
@@ -194,12 +201,12 @@ def ablate(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter, e.g. ipiqa.epochs=20 (applies to every variant)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Redo finished keys."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="serial, local (worker processes; the default with more than one core) or ray."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Parallel jobs (default: the cores, at most the jobs; 1 = serial)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join a Ray cluster: auto or HOST:PORT (implies --executor ray)."),
-    gpus_per_job: Optional[float] = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU)."),
-    wait: bool = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing."),
-    threads_per_job: Optional[int] = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it."),
+    executor: Optional[str] = EXECUTOR_OPTION,
+    workers: Optional[int] = WORKERS_OPTION,
+    ray_address: Optional[str] = RAY_ADDRESS_OPTION,
+    gpus_per_job: Optional[float] = GPUS_PER_JOB_OPTION,
+    wait: bool = WAIT_OPTION,
+    threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
 ):
     """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
     from agiqa_bench.registry import get_spec
