@@ -54,6 +54,9 @@ class Dataset:
     #: Group keys in label-file order *before* any item was dropped, so that
     #: protocols drawing one random number per group stay reproducible.
     label_groups: list[str] | None = None
+    #: Keys of `Item.meta` that describe an item the way a report can break results down by, besides its
+    #: generator (AIGCIQA2023: the prompt's style and object class); see `Dataset.attribute`.
+    attributes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._index = {item.id: i for i, item in enumerate(self.items)}
@@ -79,6 +82,18 @@ class Dataset:
     def all_label_groups(self) -> list[str]:
         """Groups as the label file lists them, including groups whose images were dropped."""
         return list(self.label_groups) if self.label_groups is not None else self.groups
+
+    def attribute_names(self) -> tuple[str, ...]:
+        """The item attributes a report can break results down by: `generator` (when items name one), then
+        the dataset's declared `attributes`."""
+        gen = ("generator",) if any(item.generator for item in self.items) else ()
+        return gen + tuple(a for a in self.attributes if a != "generator")
+
+    @staticmethod
+    def attribute(item: Item, name: str) -> str:
+        """One attribute of an item as text ("" when it has none)."""
+        value = item.generator if name == "generator" else item.meta.get(name, "")
+        return "" if value is None else str(value)
 
     def subset(self, ids: Iterable[str]) -> list[Item]:
         """Items with these ids, in the order given."""

@@ -247,6 +247,7 @@ def finish(
     drop_missing: bool,
     allow_outside_root: bool = False,
     drop_bad_images: bool = False,
+    attributes: tuple[str, ...] = (),
 ) -> Dataset:
     """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset.
 
@@ -260,4 +261,4 @@ def finish(
     items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing,
                                 drop_bad_images=drop_bad_images)
     return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,
-                   notes=notes + more, label_groups=label_groups)
+                   notes=notes + more, label_groups=label_groups, attributes=attributes)
