@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import typer
@@ -47,16 +49,39 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
                 progress.update(tasks["*"], advance=1, state=state())
 
         try:
-            summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
-                              on_event=on_event, **executor_options)
+            with terminate_as_interrupt() as terminated:
+                summary = execute(plan, out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
+                                  on_event=on_event, **executor_options)
         except KeyboardInterrupt:
             progress.stop()
-            err_console.print(f"interrupted; {counts['done']} job(s) finished in this run and kept in "
-                              f"{out}/results.sqlite, rerun the same command to resume", highlight=False)
-            raise typer.Exit(130) from None
+            err_console.print(f"{'terminated' if terminated else 'interrupted'}; {counts['done']} job(s) finished in "
+                              f"this run and kept in {out}/results.sqlite, rerun the same command to resume",
+                              highlight=False)
+            raise typer.Exit(143 if terminated else 130) from None
     if summary.skipped:
         console.print(f"skipped {summary.skipped} finished row(s) already in {out}/results.sqlite (use --force to redo)")
     return summary
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a scheduler's stop, `kill`) handled like Ctrl-C: workers stopped, finished jobs kept.
+    Yields a list that holds True once a SIGTERM arrived."""
+    got: list[bool] = []
+
+    def on_term(signum, frame):
+        got.append(True)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (an embedding application): leave its handlers alone
+        yield got
+        return
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_summary(out: Path, plan) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,13 +35,34 @@ MAX_TRIES = 3
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """How a worker rebuilds the plan's dataset: load it by name (then keep the plan's items), or use it as is."""
+    """How a worker rebuilds the plan's dataset: load it by name (then keep the plan's items), or use it as is.
+    A cross-dataset run's source names its training dataset too (`train`) and the target map."""
 
     name: str | None = None
     data_root: str | None = None
     options: dict = field(default_factory=dict)
     item_ids: tuple[str, ...] = ()
     dataset: Any = None  # a Dataset given in memory (shipped whole)
+    train: "DatasetSource | None" = None
+    target_map: tuple[tuple[str, str], ...] = ()  # (test target, training target)
+
+    def load(self):
+        """The dataset as the driver planned it (images are not checked again: the driver did)."""
+        if self.dataset is not None:
+            return self.dataset
+        from dataclasses import replace
+
+        from agiqa_bench.datasets import load_dataset
+
+        ds = load_dataset(self.name, self.data_root, **{**self.options, "check_images": False})
+        if self.item_ids and len(self.item_ids) != len(ds):  # the driver dropped some (bad images)
+            keep = set(self.item_ids)
+            ds = replace(ds, items=[it for it in ds.items if it.id in keep])
+        if self.train is not None:
+            from agiqa_bench.crossdata import combine
+
+            ds = combine(self.train.load(), ds, dict(self.target_map))
+        return ds
 
 
 @dataclass(frozen=True)
@@ -56,6 +78,7 @@ class WorkerContext:
     out: str
     keep_checkpoints: bool = False
     threads: int | None = None  # torch / BLAS threads per worker (None: leave as is)
+    cross: dict | None = None  # a cross-dataset run's facts (runner.WorkerPlan.cross)
 
 
 @dataclass
@@ -68,13 +91,17 @@ class JobOutcome:
 
 
 def longest_first(jobs: Sequence) -> list[int]:
-    """Job indices, trainable torch methods first, then feature + SVR fits, then zero-shot scoring;
-    the plan's order within each class (stable)."""
+    """Job indices in the order workers take them: zero-shot scoring first, then trainable torch methods,
+    then feature + SVR fits; the plan's order within each class (stable).
+
+    A zero-shot method's jobs run one at a time (`exclusive`), so they start first: each lane then runs
+    beside the trainings, which fill every other worker, instead of forming a one-worker tail at the end.
+    The torch trainings, the longest jobs, come next, and the short SVR fits last, so the tail is short."""
     def rank(job) -> int:
         spec = job.method.spec
-        if spec.kind == "trainable" and spec.family in ("ours", "deep"):
+        if spec.kind == "zero-shot":
             return 0
-        return 1 if spec.kind == "trainable" else 2
+        return 1 if spec.kind == "trainable" and spec.family in ("ours", "deep") else 2
 
     return sorted(range(len(jobs)), key=lambda i: rank(jobs[i]))
 
@@ -118,19 +145,7 @@ def _dataset_for(ctx: WorkerContext):
         return cached[1]
     from agiqa_bench.runner import data_hash
 
-    if ctx.source.dataset is not None:
-        ds = ctx.source.dataset
-    else:
-        from agiqa_bench.datasets import load_dataset
-
-        options = {**ctx.source.options, "check_images": False}  # the driver checked every image already
-        full = load_dataset(ctx.source.name, ctx.source.data_root, **options)
-        ds = full
-        if ctx.source.item_ids and len(ctx.source.item_ids) != len(full):  # the driver dropped some (bad images)
-            from dataclasses import replace
-
-            keep = set(ctx.source.item_ids)
-            ds = replace(full, items=[it for it in full.items if it.id in keep])
+    ds = ctx.source.load()
     if data_hash(ds) != ctx.data_hash:
         raise ConfigError(f"dataset {ctx.source.name!r} on this worker ({os.uname().nodename}) differs from the "
                           f"driver's (labels hash {data_hash(ds)} vs {ctx.data_hash}); give every machine the same "
@@ -159,7 +174,7 @@ def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
 
     try:
         plan = WorkerPlan(dataset=_dataset_for(ctx), data_hash=ctx.data_hash, split_protocol=ctx.split_protocol,
-                          split_family=ctx.split_family, split_params=ctx.split_params)
+                          split_family=ctx.split_family, split_params=ctx.split_params, cross=ctx.cross)
         from agiqa_bench.device import resolve_device
 
         rows = job_rows(job, plan, device=resolve_device(ctx.device), out=Path(ctx.out),
@@ -173,8 +188,28 @@ def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
         return JobOutcome(index, error=message, unavailable=isinstance(exc, MethodUnavailable))
 
 
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the driver process dies, however it dies (kill -9 included),
+    so no orphan keeps computing for a run that is gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        import multiprocessing
+
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # the driver died before the call took effect
+            os._exit(1)
+    except (OSError, AttributeError):  # pragma: no cover - an exotic libc
+        pass
+
+
 def _init_local_worker(ctx: WorkerContext, counter=None, gpus: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _die_with_parent()
     if counter is not None and gpus > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         with counter.get_lock():  # before torch is imported here: worker k trains on GPU k % gpus
             index, counter.value = counter.value, counter.value + 1

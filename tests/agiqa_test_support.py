@@ -131,3 +131,18 @@ from agiqa_bench.method import Weights  # noqa: E402
 WEIGHTED = MethodSpec(name="weighted", factory="agiqa_test_support:WeightedBrightness", kind="trainable",
                       summary="test toy whose scores depend on a weights file", default_run=False,
                       weights=(Weights("a scale factor file", "weights", "a local file"),))
+
+
+class Sleeper(Brightness):
+    """Brightness whose fit first sleeps AGIQA_TEST_SLEEP seconds (default 120): a job that is surely running
+    when a test stops the driver."""
+
+    def fit(self, train, val, targets):
+        import time
+
+        time.sleep(float(os.environ.get("AGIQA_TEST_SLEEP", "120")))
+        super().fit(train, val, targets)
+
+
+SLEEPER = MethodSpec(name="sleeper", factory="agiqa_test_support:Sleeper", kind="trainable",
+                     summary="test toy that sleeps in fit", default_run=False)

@@ -214,3 +214,82 @@ def test_ctrl_c_stops_the_workers_and_keeps_finished_jobs(tiny_agiqa3k, tmp_path
     assert len(stored(tmp_path)) == 1
     again = execute(plan, out=tmp_path, executor="local", workers=2)
     assert again.skipped == 1 and again.done == 3 and len(stored(tmp_path)) == 4
+
+
+DRIVER = """
+import sys, os
+sys.path.insert(0, {tests!r})
+from agiqa_test_support import SLEEPER
+from agiqa_bench import registry
+registry.register(SLEEPER)
+from agiqa_bench.cli_progress import terminate_as_interrupt
+from agiqa_bench.runner import execute, plan_run
+plan = plan_run(["sleeper"], "agiqa3k", data_root={root!r}, repeats=4, targets=["quality"])
+try:
+    with terminate_as_interrupt() as terminated:
+        execute(plan, out={out!r}, executor="local", workers=2)
+except KeyboardInterrupt:
+    print("terminated" if terminated else "interrupted", flush=True)
+    sys.exit(143)
+"""
+
+
+def _workers_of(pid: int, timeout: float = 60.0) -> list[int]:
+    """The pool workers (children running a spawn_main) of process `pid`, once both are up."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        kids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat[1]) == pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+                kids.append(int(entry.name))
+        if len(kids) >= 2:
+            return kids
+        time.sleep(0.3)
+    raise AssertionError("the driver's workers did not start")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child not yet reaped does not compute)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _gone(pids: list[int], timeout: float = 20.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not any(_running(p) for p in pids):
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_stopped_driver_leaves_no_worker_running(tiny_agiqa3k, tmp_path, how):
+    """SIGTERM of the driver stops its workers like Ctrl-C (exit 143); even kill -9 of the driver, which runs no
+    cleanup, takes the workers down (Linux parent-death signal): no orphan keeps computing."""
+    import signal as sig
+
+    script = DRIVER.format(tests=str(Path(__file__).parent), root=str(tiny_agiqa3k), out=str(tmp_path / "out"))
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "AGIQA_TEST_SLEEP": "300"})
+    try:
+        workers = _workers_of(driver.pid)
+        time.sleep(1.0)
+        driver.send_signal(sig.SIGTERM if how == "sigterm" else sig.SIGKILL)
+        output, _ = driver.communicate(timeout=60)
+        if how == "sigterm":
+            assert driver.returncode == 143 and "terminated" in output, output
+        assert _gone(workers), f"workers {workers} still running after the driver's {how}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
