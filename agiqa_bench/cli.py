@@ -114,6 +114,10 @@ def run(
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups), ipiqa-reference (the IP-IQA code's folds) or all-images (zero-shot methods on every image, no split: the AGIQA-3k paper's protocol for alignment metrics)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
+    train_dataset: Optional[str] = typer.Option(None, "--train-dataset", help="Cross-dataset run: fit on this dataset, test on every image of --dataset."),
+    train_data_root: Optional[Path] = typer.Option(None, "--train-data-root", help="Folder of the --train-dataset (or set AGIQA_BENCH_DATA)."),
+    train_dataset_opt: Optional[List[str]] = typer.Option(None, "--train-dataset-opt", help="Option key=value of the --train-dataset (repeatable), e.g. seed=1 for synthetic."),
+    target_map: Optional[List[str]] = typer.Option(None, "--target-map", help="Cross-dataset: TRAIN=TEST target pairs whose names differ, e.g. overall=quality."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder (results.sqlite, splits, caches)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -127,16 +131,23 @@ def run(
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
 ):
     """Benchmark methods on identical grouped splits and store every result."""
+    from agiqa_bench.crossdata import parse_target_map
     from agiqa_bench.runner import parse_overrides
 
     options = _dataset_options(dataset_opt, images, drop_missing=drop_missing, allow_outside_root=allow_outside_root,
                                drop_bad_images=drop_bad_images, max_pixels=max_pixels)
+    if train_dataset is None and (train_data_root is not None or train_dataset_opt):
+        raise ConfigError("--train-data-root and --train-dataset-opt describe a --train-dataset: name it too")
+    cross = {} if train_dataset is None else dict(
+        train_dataset=train_dataset, train_data_root=train_data_root,
+        train_dataset_options=_dataset_options(train_dataset_opt, None, drop_missing=drop_missing,
+                                               allow_outside_root=allow_outside_root, drop_bad_images=drop_bad_images))
     _plan_and_execute(
         _split_list(methods) or None, dataset=dataset, data_root=data_root, dataset_options=options,
         targets=_split_list(target) or None, repeats=repeats, allow_many_repeats=allow_many_repeats,
         split_protocol=split_protocol, seed=seed, val_fraction=val_fraction, overrides=parse_overrides(set_ or []),
-        out=out, device=device, force=force, keep_checkpoints=keep_checkpoints,
-        executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job),
+        out=out, device=device, force=force, keep_checkpoints=keep_checkpoints, target_map=parse_target_map(target_map),
+        executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job), **cross,
     )
 
 
@@ -239,6 +250,7 @@ def report(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     alpha: float = typer.Option(0.05, "--alpha", help="Level of the tests against the best method."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="Draw the figures (PNG next to the report)."),
+    by: Optional[List[str]] = typer.Option(None, "--by", help="Break results down by item attributes, e.g. generator,style,class (a table and a heatmap each; default: a generator heatmap)."),
 ):
     """Leaderboard: the paper's three table layouts, intervals, tests against the best, figures, provenance."""
     from leaderboard.figures import write_figures
@@ -247,14 +259,15 @@ def report(
     suffixes = {"markdown": "md", "html": "html", "csv": "csv", "json": "json"}
     if fmt not in suffixes:
         raise ConfigError(f"--format must be one of {', '.join(suffixes)}, not {fmt!r}")
-    result = build_report(out, n_boot=bootstrap, seed=seed, alpha=alpha)
+    attributes = tuple(_split_list(by))
+    result = build_report(out, n_boot=bootstrap, seed=seed, alpha=alpha, by=attributes)
     from agiqa_bench.outputs import atomic_write_text, output_error
 
     target = output or (out / f"leaderboard.{suffixes[fmt]}")
     if figures and fmt in ("markdown", "html"):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_figures(result, target.parent / "figures")
+            write_figures(result, target.parent / "figures", attributes or ("generator",))
         except OSError as exc:
             raise output_error(target.parent / "figures", "write the figures in", exc) from None
     text = {"markdown": lambda: result.to_markdown(target.parent), "html": result.to_html,

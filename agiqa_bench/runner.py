@@ -16,7 +16,7 @@ import os
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -146,6 +146,13 @@ class WorkerPlan:
     split_protocol: str
     split_family: str
     split_params: dict
+    #: A cross-dataset run's facts (train/test dataset names and label hashes, the target map); None otherwise.
+    cross: dict | None = None
+
+    @property
+    def store_dataset(self) -> str:
+        """The dataset name rows are stored under (a cross-dataset run's: the test dataset's)."""
+        return self.cross["test_dataset"] if self.cross else self.dataset.name
 
 
 @dataclass
@@ -158,18 +165,29 @@ class Plan:
     data_hash: str
     #: How a worker process rebuilds the dataset (None: the dataset was given in memory and is shipped).
     source: Any = None
+    cross: dict | None = None  # see WorkerPlan.cross
 
     def worker_plan(self) -> WorkerPlan:
         return WorkerPlan(dataset=self.dataset, data_hash=self.data_hash, split_protocol=self.splits.protocol,
-                          split_family=self.splits.family, split_params=dict(self.splits.params))
+                          split_family=self.splits.family, split_params=dict(self.splits.params), cross=self.cross)
+
+    @property
+    def store_dataset(self) -> str:
+        return self.worker_plan().store_dataset
 
     @property
     def targets(self) -> dict[str, tuple[str, ...]]:
         return {m.name: m.targets for m in self.methods}
 
     def jobs(self) -> list[Job]:
-        """Every job, method by method, split by split (the serial order)."""
-        return [Job(m, split, group) for m in self.methods for split in self.splits.splits for group in m.target_groups]
+        """Every job, method by method, split by split (the serial order).  Under the cross-dataset protocol a
+        zero-shot method is scored once: its repeats would only vary a training part it does not use."""
+        from agiqa_bench.crossdata import PROTOCOL as CROSS
+
+        once = self.splits.protocol == CROSS
+        return [Job(m, split, group) for m in self.methods
+                for split in (self.splits.splits[:1] if once and m.spec.kind == "zero-shot" else self.splits.splits)
+                for group in m.target_groups]
 
 
 def ablation_components(spec: MethodSpec, config: dict) -> dict[str, bool]:
@@ -209,12 +227,36 @@ def plan_run(
     val_fraction: float = 0.1,
     overrides: dict[str, dict[str, Any]] | None = None,
     allow_many_repeats: bool = False,
+    train_dataset: str | Dataset | None = None,
+    train_data_root: str | Path | None = None,
+    train_dataset_options: dict[str, Any] | None = None,
+    target_map: dict[str, str] | None = None,
 ) -> Plan:
-    """Load the dataset, resolve methods and targets, make the splits; raise on any misfit."""
+    """Load the dataset, resolve methods and targets, make the splits; raise on any misfit.
+
+    With `train_dataset`, a cross-dataset run (`agiqa_bench.crossdata`): methods fit on `train_dataset` and
+    are tested on every image of `dataset`; `target_map` ({test target: training target}) pairs targets
+    whose names differ.
+    """
     if repeats < 1 or (repeats > MAX_REPEATS and not allow_many_repeats):
         raise ConfigError(f"--repeats must be between 1 and {MAX_REPEATS} (papers use 10; each repeat is a split "
                           f"and a training per method), got {repeats}; pass --allow-many-repeats to go beyond")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root, **(dataset_options or {}))
+    cross, train_ds = None, None
+    if train_dataset is not None:
+        from agiqa_bench import crossdata
+
+        if split_protocol not in ("grouped", crossdata.PROTOCOL):
+            raise ConfigError(f"--train-dataset runs the {crossdata.PROTOCOL!r} protocol (fit on the training dataset, "
+                              f"test on every image of --dataset); --split-protocol {split_protocol} does not apply")
+        train_ds = train_dataset if isinstance(train_dataset, Dataset) else load_dataset(
+            train_dataset, train_data_root, **(train_dataset_options or {}))
+        mapping = crossdata.match_targets(train_ds, ds, targets, target_map)
+        cross = {"train_dataset": train_ds.name, "train_data_hash": data_hash(train_ds), "test_dataset": ds.name,
+                 "test_data_hash": data_hash(ds), "target_map": mapping}
+        ds, targets, split_protocol = crossdata.combine(train_ds, ds, mapping), None, crossdata.PROTOCOL
+    elif target_map:
+        raise ConfigError("--target-map pairs a training dataset's targets with the test dataset's: it needs --train-dataset")
     names = [canonical_name(n) for n in (methods or default_methods())]
     names = list(dict.fromkeys(names))
     if not names:
@@ -239,17 +281,35 @@ def plan_run(
                 f"split protocol 'all-images' scores every image with no training part (the AGIQA-3k paper's protocol "
                 f"for zero-shot alignment metrics); {name!r} is trainable and needs a split: use --split-protocol grouped"
             )
-        resolved.append(resolve_method(name, spec, overrides_for(name, overrides), ds.name, tgts))
-    splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
+        # a cross-dataset run's methods take the training dataset's defaults: they are trained there
+        resolved.append(resolve_method(name, spec, overrides_for(name, overrides),
+                                       train_ds.name if train_ds is not None else ds.name, tgts))
+    if cross:
+        from agiqa_bench.crossdata import cross_splits
+
+        splits = cross_splits(ds, repeats, 0 if seed is None else seed, val_fraction,
+                              train_name=cross["train_dataset"], train_hash=cross["train_data_hash"])
+    else:
+        splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
     source = None
-    if not isinstance(dataset, Dataset):
+    if not isinstance(dataset, Dataset) and not isinstance(train_dataset, Dataset):
         from agiqa_bench.executors import DatasetSource
 
-        source = DatasetSource(name=dataset, data_root=str(data_root) if data_root is not None else None,
-                               options={k: str(v) if isinstance(v, Path) else v
-                                        for k, v in (dataset_options or {}).items()},
-                               item_ids=tuple(it.id for it in ds.items))
-    return Plan(ds, splits, resolved, data_hash(ds), source)
+        def describe(name, root, options, items) -> DatasetSource:
+            return DatasetSource(name=name, data_root=str(root) if root is not None else None,
+                                 options={k: str(v) if isinstance(v, Path) else v for k, v in (options or {}).items()},
+                                 item_ids=tuple(it.id for it in items))
+
+        if cross:
+            from agiqa_bench.crossdata import is_train_item
+
+            test_items = [it for it in ds.items if not is_train_item(it.id)]
+            source = describe(dataset, data_root, dataset_options, test_items)
+            source = replace(source, train=describe(train_dataset, train_data_root, train_dataset_options, train_ds.items),
+                             target_map=tuple(cross["target_map"].items()))
+        else:
+            source = describe(dataset, data_root, dataset_options, ds.items)
+    return Plan(ds, splits, resolved, data_hash(ds), source, cross)
 
 
 def _check_override_targets(overrides: dict[str, dict[str, Any]], names: Sequence[str]) -> None:
@@ -334,6 +394,8 @@ def job_rows(job: Job, plan: Plan | WorkerPlan, *, device: str, out: Path, keep_
                                   predict_seconds=pred_s, info=info, item_ids=split.test, predictions=pred[:, j],
                                   mos=mos, item_groups=[it.group for it in test_items],
                                   item_generators=[it.generator for it in test_items],
+                                  item_attributes=[{a: ds.attribute(it, a) for a in ds.attributes} for it in test_items]
+                                  if ds.attributes else (),
                                   **row_base(job, plan)))
     for row in rows:
         row.info = {**row.info, "warnings": sorted({str(w.message) for w in caught})[:5]}
@@ -352,7 +414,10 @@ def row_base(job: Job, plan: Plan | WorkerPlan) -> dict:
     """The fields every row of a job shares, whatever its outcome."""
     plan = plan.worker_plan() if isinstance(plan, Plan) else plan
     m, split = job.method, job.split
-    return dict(dataset=plan.dataset.name, data_hash=plan.data_hash, method=m.name, config_hash=m.config_hash,
+    cross = plan.cross or {}
+    return dict(dataset=plan.store_dataset, data_hash=plan.data_hash, train_dataset=cross.get("train_dataset"),
+                train_data_hash=cross.get("train_data_hash"), test_data_hash=cross.get("test_data_hash"),
+                method=m.name, config_hash=m.config_hash,
                 split_protocol=plan.split_protocol, split_family=plan.split_family, split_hash=split.hash,
                 repeat=split.repeat, config=m.config, overrides=m.labelled_overrides, harness_version=__version__,
                 method_info=m.provenance(), n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
@@ -392,7 +457,7 @@ def execute(
         plan.splits.save(out / "splits" / f"{ds.name}-{splits.protocol}-{splits.hash}.json")
         todo = []
         for job in plan.jobs():
-            if not force and all(store.finished(k) for k in job.keys(ds.name, plan.data_hash).values()):
+            if not force and all(store.finished(k) for k in job.keys(plan.store_dataset, plan.data_hash).values()):
                 summary.skipped += len(job.targets)
             else:
                 todo.append(job)
@@ -407,7 +472,7 @@ def execute(
         cores = os.cpu_count() or 1
         ctx = WorkerContext(source=plan.source if plan.source is not None else _in_memory(plan), data_hash=plan.data_hash,
                             split_protocol=splits.protocol, split_family=splits.family, split_params=dict(splits.params),
-                            device=device, out=str(out), keep_checkpoints=keep_checkpoints,
+                            device=device, out=str(out), keep_checkpoints=keep_checkpoints, cross=plan.cross,
                             threads=threads_per_job or (max(1, cores // exe.workers) if exe.workers else 1))
         unavailable: dict[str, str] = {}  # method -> why it cannot run here (serial: recorded once, reused)
         try:

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS results (
     harness_version TEXT NOT NULL,
     created_at TEXT NOT NULL,
     method_json TEXT,
+    train_dataset TEXT, train_data_hash TEXT, test_data_hash TEXT,
     UNIQUE (dataset, data_hash, target, method, config_hash, split_hash, repeat)
 );
 CREATE TABLE IF NOT EXISTS predictions (
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     mos REAL NOT NULL,
     item_group TEXT,
     generator TEXT,
+    attributes TEXT,
     PRIMARY KEY (result_id, item_id)
 );
 """
@@ -94,6 +96,13 @@ class ResultRow:
     mos: np.ndarray | None = None
     item_groups: Sequence[str] = ()  # the split unit of each test item (for the cluster bootstrap)
     item_generators: Sequence[str] = ()  # the model that made each test image ("" if unknown)
+    #: Each test item's other attributes (the dataset's `attributes`: style, object class, ...)
+    item_attributes: Sequence[dict] = ()
+    #: A cross-dataset row's training dataset and the label hashes of both sides (None otherwise);
+    #: `data_hash` is then the pair's hash
+    train_dataset: str | None = None
+    train_data_hash: str | None = None
+    test_data_hash: str | None = None
     #: What a report needs about the method without the registry: family, direction, approximation note,
     #: summary, reference, method version, weights identity, ablation components (MethodRun.provenance).
     method_info: dict = field(default_factory=dict)
@@ -140,13 +149,16 @@ class ResultStore:
                          for t in ("results", "predictions")}
 
     def _migrate(self) -> None:
-        """Older stores get the newer columns (NULL): per-item groups and generators, the method's provenance."""
+        """Older stores get the newer columns (NULL): per-item groups, generators and attributes, the method's
+        provenance, the cross-dataset facts."""
         have = {row[1] for row in self._conn.execute("PRAGMA table_info(predictions)")}
-        for column in ("item_group", "generator"):
+        for column in ("item_group", "generator", "attributes"):
             if column not in have:
                 self._conn.execute(f"ALTER TABLE predictions ADD COLUMN {column} TEXT")
-        if "method_json" not in {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}:
-            self._conn.execute("ALTER TABLE results ADD COLUMN method_json TEXT")
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(results)")}
+        for column in ("method_json", "train_dataset", "train_data_hash", "test_data_hash"):
+            if column not in have:
+                self._conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -176,7 +188,8 @@ class ResultStore:
                     "INSERT INTO results (dataset, data_hash, target, method, config_hash, split_protocol, split_family, split_hash,"
                     " repeat, status, error, srcc, plcc, krcc, plcc_logistic, rmse, n_train, n_val, n_test,"
                     " fit_seconds, predict_seconds, config_json, overrides_json, info_json, harness_version, created_at,"
-                    " method_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " method_json, train_dataset, train_data_hash, test_data_hash)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         row.dataset, row.data_hash, row.target, row.method, row.config_hash, row.split_protocol,
                         row.split_family, row.split_hash, row.repeat, row.status, row.error,
@@ -187,6 +200,7 @@ class ResultStore:
                         json.dumps(row.info, sort_keys=True, default=str),
                         row.harness_version, time.strftime("%Y-%m-%dT%H:%M:%S"),
                         json.dumps(row.method_info, sort_keys=True, default=str),
+                        row.train_dataset, row.train_data_hash, row.test_data_hash,
                     ),
                 )
                 if row.predictions is not None:
@@ -194,11 +208,13 @@ class ResultStore:
                     n = len(row.item_ids)
                     groups = list(row.item_groups) or [None] * n
                     generators = list(row.item_generators) or [None] * n
+                    attributes = [json.dumps(a, sort_keys=True, default=str) if a else None
+                                  for a in row.item_attributes] or [None] * n
                     self._conn.executemany(
-                        "INSERT INTO predictions (result_id, item_id, prediction, mos, item_group, generator)"
-                        " VALUES (?,?,?,?,?,?)",
-                        [(rid, i, float(p), float(m), g, gen)
-                         for i, p, m, g, gen in zip(row.item_ids, row.predictions, row.mos, groups, generators)],
+                        "INSERT INTO predictions (result_id, item_id, prediction, mos, item_group, generator, attributes)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        [(rid, i, float(p), float(m), g, gen, a) for i, p, m, g, gen, a
+                         in zip(row.item_ids, row.predictions, row.mos, groups, generators, attributes)],
                     )
 
     # -- reading --------------------------------------------------------------------
@@ -220,15 +236,16 @@ class ResultStore:
             cur.execute(query + " ORDER BY dataset, target, method, repeat", params)
             cols = [d[0] for d in cur.description]
             frame = pd.DataFrame(cur.fetchall(), columns=cols)
-        if "method_json" not in frame.columns:  # an old store opened read-only
-            frame["method_json"] = None
+        for column in ("method_json", "train_dataset", "train_data_hash", "test_data_hash"):
+            if column not in frame.columns:  # an old store opened read-only
+                frame[column] = None
         return frame
 
     def predictions(self, result_id: int | None = None):
         """Per-item predictions of one result row, or of every row (with `result_id` as a column)."""
         import pandas as pd
 
-        columns = ["result_id", "item_id", "prediction", "mos", "item_group", "generator"]
+        columns = ["result_id", "item_id", "prediction", "mos", "item_group", "generator", "attributes"]
         have = self._columns["predictions"]  # an old store opened read-only may lack the newer ones
         query = f"SELECT {', '.join(c if c in have else f'NULL AS {c}' for c in columns)} FROM predictions"
         params: tuple = ()

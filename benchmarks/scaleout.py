@@ -1,6 +1,11 @@
 """The default run under each executor, from cold feature caches, in one invocation.
 
-    python benchmarks/scaleout.py [--repeats 10] [--workers 2] [--executors serial,local,ray] [--methods a,b]
+    python benchmarks/scaleout.py [--size 3k|1k|default] [--repeats 10] [--workers 2] [--executors serial,local,ray]
+                                  [--methods a,b]
+
+The workload is SynthAGIQA's paper-scale preset (`--size 3k`: 300 prompts, 1,800 images, the AGIQA-3k prompt
+count) by default; `--size default` is the quick default run (360 images), the one a 2-core laptop measures in
+~15 minutes for all three executors.
 
 Each executor runs `agiqa-bench run` (the built-in synthetic set, the default methods) in a fresh
 process with a fresh --out (so no feature, score or image cache is warm; the synthetic images
@@ -33,7 +38,7 @@ METRICS = ["srcc", "plcc", "krcc", "rmse"]
 
 def run(executor: str, out: Path, args, env: dict) -> float:
     cmd = [sys.executable, "-m", "agiqa_bench", "run", "--out", str(out), "--repeats", str(args.repeats),
-           "--executor", executor]
+           "--executor", executor, "--dataset-opt", f"size={args.size}"]
     if executor != "serial":
         cmd += ["--workers", str(args.workers)]
     elif args.same_threads:
@@ -88,6 +93,7 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, label: str, torch_names: set[str],
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="3k", help="SynthAGIQA size preset: 3k (paper scale), 1k or default")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--executors", default="serial,local,ray")
@@ -99,8 +105,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env["AGIQA_BENCH_CACHE"] = str(Path(tmp) / "cache")
         subprocess.run([sys.executable, "-c", "from agiqa_bench.datasets import load_dataset; "
-                        "load_dataset('synthetic')"], env=env, check=True)  # the images, built once, shared
-        print(f"{os.cpu_count()} cores; default run, {args.repeats} repeats; workers {args.workers}", flush=True)
+                        f"load_dataset('synthetic', size={args.size!r})"], env=env, check=True)  # built once, shared
+        print(f"{os.cpu_count()} cores; default methods on synthetic size={args.size}, {args.repeats} repeats; "
+              f"workers {args.workers}", flush=True)
         times, stores = {}, {}
         for executor in executors:
             out = Path(tmp) / executor

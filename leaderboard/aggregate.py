@@ -80,12 +80,16 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         row["method_version"] = str(info.get("version", ""))
         row["components_json"] = json.dumps(info.get("components") or {})
         row["config_json"] = part["config_json"].iloc[0]
+        if "train_dataset" in part:  # a cross-dataset line: the dataset its methods were fitted on
+            row["train_dataset"] = part["train_dataset"].iloc[0]
         row["n"] = int(part["repeat"].nunique())
         row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))
         row["split_hashes"] = ",".join(part.sort_values("repeat")["split_hash"])
         row["result_ids"] = ",".join(str(i) for i in part.sort_values("repeat")["id"])
         row["n_train_mean"] = float(part["n_train"].mean())
         row["n_test_mean"] = float(part["n_test"].mean())
+        first = part.iloc[0]
+        row["n_items"] = int((first["n_train"] or 0) + (first["n_val"] or 0) + (first["n_test"] or 0))
         for metric in METRIC_COLUMNS:
             values = part[metric].astype(float)
             row[f"{metric}_mean"] = values.mean()

@@ -7,7 +7,9 @@ Per (dataset, split family, target) block:
   repeat every method has), with the 4-parameter logistic fitted on that split
   drawn over it (the curve behind "PLCC (logistic)");
 - ``generators-*.png``: SRCC within each generator per method (mean over
-  repeats), for datasets whose items name their generator.
+  repeats), for datasets whose items name their generator; ``by-<attribute>-*.png``
+  the same for any other item attribute asked for with `report --by`
+  (`leaderboard.breakdown`).
 """
 
 from __future__ import annotations
@@ -94,45 +96,37 @@ def scatter_grid(block: pd.DataFrame, preds: pd.DataFrame, ok: pd.DataFrame, tit
     return path
 
 
-def generator_breakdown(block: pd.DataFrame, preds: pd.DataFrame, title: str, path: Path) -> Path | None:
-    from scipy.stats import spearmanr
+def attribute_breakdown(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, title: str,
+                        path: Path) -> Path | None:
+    """Heatmap of the SRCC within each value of an item attribute (generator, style, ...) per method."""
+    from leaderboard.breakdown import within_srcc
 
     plt = _pyplot()
-    table: dict[str, dict[str, float]] = {}
-    for line in block.itertuples():
-        ids = [int(i) for i in str(line.result_ids).split(",") if i]
-        items = preds[preds["result_id"].isin(ids)]
-        if items.empty or items["generator"].isna().all() or (items["generator"].fillna("") == "").all():
-            continue
-        sign = -1.0 if line.lower_is_better else 1.0
-        per_gen: dict[str, list[float]] = {}
-        for (rid, gen), part in items.groupby(["result_id", "generator"]):
-            if len(part) >= 3 and np.ptp(part["prediction"]) > 0 and np.ptp(part["mos"]) > 0:
-                per_gen.setdefault(gen, []).append(spearmanr(sign * part["prediction"], part["mos"]).statistic)
-        table[line.label] = {g: float(np.mean(v)) for g, v in per_gen.items()}
+    table = within_srcc(block, preds, attribute)
     if not table:
         return None
-    generators = sorted({g for row in table.values() for g in row})
+    values = sorted({g for row in table.values() for g in row})
     labels = list(table)
-    grid = np.array([[table[m].get(g, np.nan) for g in generators] for m in labels])
-    fig, ax = plt.subplots(figsize=(1.1 * len(generators) + 3, 0.42 * len(labels) + 1.6))
+    grid = np.array([[table[m].get(g, np.nan) for g in values] for m in labels])
+    fig, ax = plt.subplots(figsize=(1.1 * len(values) + 3, 0.42 * len(labels) + 1.6))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(generators)), generators, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(values)), values, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     for i in range(len(labels)):
-        for j in range(len(generators)):
+        for j in range(len(values)):
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="SRCC within generator")
-    ax.set_title(title + " — SRCC within each generator (mean over repeats)", fontsize=9)
+    fig.colorbar(image, ax=ax, label=f"SRCC within {attribute}")
+    ax.set_title(title + f" — SRCC within each {attribute} (mean over repeats)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def write_figures(report, folder: Path) -> list[tuple[str, Path]]:
-    """Every figure of the report into `folder`; returns (title, path) pairs (also kept on the report)."""
+def write_figures(report, folder: Path, by: tuple[str, ...] = ("generator",)) -> list[tuple[str, Path]]:
+    """Every figure of the report into `folder`; returns (title, path) pairs (also kept on the report).
+    `by`: the item attributes to break SRCC down by (one heatmap each per block, where items carry them)."""
     if report.summary.empty:
         return []
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,8 +139,10 @@ def write_figures(report, folder: Path) -> list[tuple[str, Path]]:
         path = scatter_grid(block, report.predictions, ok, title, folder / f"scatter-{stem}.png")
         if path:
             out.append((f"Predicted vs MOS: {title}", path))
-        path = generator_breakdown(block, report.predictions, title, folder / f"generators-{stem}.png")
-        if path:
-            out.append((f"Per-generator SRCC: {title}", path))
+        for attribute in by:
+            name = "generators" if attribute == "generator" else f"by-{_safe(attribute)}"
+            path = attribute_breakdown(block, report.predictions, attribute, title, folder / f"{name}-{stem}.png")
+            if path:
+                out.append((f"Per-{attribute} SRCC: {title}", path))
     report.figures = out
     return out

@@ -29,7 +29,16 @@ import pandas as pd
 
 from leaderboard.aggregate import summarize
 from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
-from leaderboard.tables import Table, ablation_table, alignment_table, detail_table, main_family, perceptual_table
+from leaderboard.tables import (
+    Table,
+    ablation_table,
+    alignment_table,
+    cross_table,
+    detail_table,
+    is_cross,
+    main_family,
+    perceptual_table,
+)
 
 BLOCK = ["dataset", "data_hash", "split_family", "target"]
 TEST_NOTE = ("≈: not significantly different from the block's best SRCC (Nadeau-Bengio corrected paired t-test on "
@@ -47,24 +56,45 @@ class Report:
     seed: int = 0
     alpha: float = 0.05
     figures: list[tuple[str, Path]] = field(default_factory=list)
+    #: Item attributes the results are broken down by in tables (`report --by`); figures use them too.
+    by: tuple[str, ...] = ()
 
     # -- tables --------------------------------------------------------------------
     def tables(self) -> list[Table]:
         if self.summary.empty:
             return []
         tail = TEST_NOTE.format(alpha=self.alpha)
-        out = [t for t in (perceptual_table(self.summary, tail), alignment_table(self.summary, tail)) if t]
-        for (dataset, _), part in self.summary.groupby(["dataset", "data_hash"], sort=True):
+        within = self.summary[~is_cross(self.summary)]  # the paper's tables: train and test on one dataset
+        out = [t for t in (perceptual_table(within, tail), alignment_table(within, tail)) if t] if not within.empty else []
+        for (dataset, _), part in within.groupby(["dataset", "data_hash"], sort=True):
             family = main_family(part)
-            ablation = ablation_table(self.summary, dataset, family) if family else None
+            ablation = ablation_table(within, dataset, family) if family else None
             if ablation:
                 out.append(ablation)
+        cross = cross_table(self.summary)
+        return out + ([cross] if cross else [])
+
+    def breakdown_tables(self) -> list[Table]:
+        """Per block and `by` attribute: the SRCC within each attribute value (`leaderboard.breakdown`)."""
+        from leaderboard.breakdown import breakdown_table
+
+        out = []
+        if self.summary.empty or not self.by:
+            return out
+        for (dataset, _, family, target), part in self.summary.groupby(BLOCK, sort=True):
+            for attribute in self.by:
+                table = breakdown_table(part, self.predictions, attribute, f"{dataset} / {target} ({family.split()[0]})")
+                if table:
+                    table.key = f"by-{attribute}-{len(out)}"
+                    out.append(table)
         return out
 
     def detail_tables(self) -> list[Table]:
         out = []
         for (dataset, data_hash, family, target), part in self.summary.groupby(BLOCK, sort=True):
-            table = detail_table(part, f"{dataset} / {target} — {family}")
+            trained_on = part["train_dataset"].iloc[0] if bool(is_cross(part).any()) else None
+            where = f"{trained_on} → {dataset}" if trained_on else dataset
+            table = detail_table(part, f"{where} / {target} — {family}")
             table.key = f"detail-{dataset}-{target}-{len(out)}"
             table.caption = (f"Labels {data_hash}. Mean ± sample std and median over repeats; 95% CI: prompt-cluster "
                              f"bootstrap of the mean over repeats ({self.n_boot} replicates, seed {self.seed}). "
@@ -80,6 +110,11 @@ class Report:
             out += ["No finished results yet.", ""]
         for table in self.tables():
             out += [table.to_markdown(), ""]
+        breakdowns = self.breakdown_tables()
+        if breakdowns:
+            out += [f"## By {', '.join(self.by)}", ""]
+            for table in breakdowns:
+                out += [table.to_markdown(), ""]
         if not self.summary.empty:
             out += ["## All results", ""]
             for table in self.detail_tables():
@@ -100,6 +135,10 @@ class Report:
         if self.summary.empty:
             parts.append("<p>No finished results yet.</p>")
         parts += [t.to_html() for t in self.tables()]
+        breakdowns = self.breakdown_tables()
+        if breakdowns:
+            parts.append(f"<h2>By {html.escape(', '.join(self.by))}</h2>")
+            parts += [t.to_html() for t in breakdowns]
         if self.figures:
             parts.append("<h2>Figures</h2>")
             for title, path in self.figures:
@@ -144,7 +183,9 @@ class Report:
                 methods.append({"method": method, "config_hash": chash, "config": json.loads(rows["config_json"].iloc[0]),
                                 "overrides": json.loads(rows["overrides_json"].iloc[0]),
                                 "result_ids": sorted(int(i) for i in rows["id"])})
+            trained_on = part["train_dataset"].dropna()
             out.append({"dataset": key[0], "data_hash": key[1], "split_protocol": key[2], "split_family": key[3],
+                        "train_dataset": trained_on.iloc[0] if not trained_on.empty else None,
                         "split_hashes": {int(r): h for r, h in zip(splits["repeat"], splits["split_hash"])},
                         "harness_versions": sorted(part["harness_version"].unique()), "methods": methods})
         return out
@@ -186,7 +227,9 @@ class Report:
                     "(`results.id`), these splits and these configurations.", ""]
             for block in provenance:
                 hashes = ", ".join(f"{r}: `{h}`" for r, h in block["split_hashes"].items())
-                out += [f"- **{block['dataset']}** labels `{block['data_hash']}`, {block['split_family']}; harness "
+                where = (f"{block['train_dataset']} → {block['dataset']}" if block.get("train_dataset")
+                         else block["dataset"])
+                out += [f"- **{where}** labels `{block['data_hash']}`, {block['split_family']}; harness "
                         f"{', '.join(block['harness_versions'])}; split hashes by repeat: {hashes}"]
                 for m in block["methods"]:
                     ids = m["result_ids"]
@@ -282,8 +325,10 @@ def _comparisons(summary: pd.DataFrame, ok: pd.DataFrame, alpha: float) -> tuple
     return summary, found
 
 
-def build_report(folder: str | Path = "runs", *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> Report:
-    """Statistics and comparisons of everything stored in `folder` (see the module docstring)."""
+def build_report(folder: str | Path = "runs", *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 by: tuple[str, ...] = ()) -> Report:
+    """Statistics and comparisons of everything stored in `folder` (see the module docstring); `by`: item
+    attributes to break the results down by (an attribute no stored item carries is a ConfigError)."""
     from agiqa_bench.store import read_predictions, read_results
 
     folder = Path(folder)
@@ -296,4 +341,8 @@ def build_report(folder: str | Path = "runs", *, n_boot: int = 1000, seed: int =
     preds = preds[preds["result_id"].isin(ok["id"])]
     summary = _intervals(summary, preds, n_boot, seed)
     summary, comparisons = _comparisons(summary, ok, alpha)
-    return Report(folder, frame, summary, comparisons, preds, n_boot, seed, alpha)
+    if by:
+        from leaderboard.breakdown import check_attributes
+
+        check_attributes(preds, list(by))
+    return Report(folder, frame, summary, comparisons, preds, n_boot, seed, alpha, by=tuple(by))

@@ -195,11 +195,27 @@ def perceptual_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | N
             previous = labels[lab]
         table.rows.append(grid[lab])
     protocols = "; ".join(f"{d}: {fam}" for d, _, fam in columns)
-    table.caption = (f"Mean over repeats on the test parts. Splits: {protocols}. "
+    table.caption = (f"Mean over repeats on the test parts. {size_note(blocks)}Splits: {protocols}. "
                      f"{selection_text(pd.concat(blocks.values()))} PLCC on raw scores (logistic-fitted PLCC in the "
                      f"detail tables and CSV/JSON). Bold: best; underlined: second ([test-oracle] rows are not ranked). "
                      + caption_tail)
     return table
+
+
+def size_note(blocks: dict) -> str:
+    """Which size of each dataset produced the numbers ('synthetic: 360 images. '), with a word on why
+    SynthAGIQA's sizes differ."""
+    sizes = {}
+    for (dataset, _, _), part in blocks.items():
+        if "n_items" in part and not part.empty:
+            sizes.setdefault(dataset, int(part["n_items"].max()))
+    if not sizes:
+        return ""
+    text = "Images per dataset: " + ", ".join(f"{d} {n:,}" for d, n in sizes.items()) + ". "
+    if "synthetic" in sizes and sizes["synthetic"] < 1000:
+        text += ("SynthAGIQA at this size is the quick run, where trained methods are starved of data; "
+                 "`--dataset-opt size=3k` is the AGIQA-3k-scale preset (300 prompts, 1,800 images). ")
+    return text
 
 
 # -- Table 2 ----------------------------------------------------------------------
@@ -309,4 +325,59 @@ def detail_table(part: pd.DataFrame, title: str) -> Table:
         values = [float(v) for v in part[f"{metric}_mean"]]
         _emphasis([row[col] for row in columns], values)
     table.rows = columns
+    return table
+
+
+# -- cross-dataset ------------------------------------------------------------------
+def is_cross(summary: pd.DataFrame) -> pd.Series:
+    """Which summary lines come from cross-dataset runs (fit on one dataset, test on another)."""
+    if "train_dataset" not in summary:
+        return pd.Series(False, index=summary.index)
+    return summary["train_dataset"].notna() & (summary["train_dataset"].astype(str) != "")
+
+
+def cross_table(summary: pd.DataFrame) -> Table | None:
+    """Rows: methods; columns: each train -> test pair and target, SRCC and PLCC (mean over repeats with the
+    95% prompt-cluster bootstrap interval)."""
+    part = summary[is_cross(summary)]
+    if part.empty:
+        return None
+    pairs = sorted({(r.train_dataset, r.dataset, r.target, r.data_hash) for r in part.itertuples()},
+                   key=lambda p: (p[0], p[1], TARGET_ORDER.index(p[2]) if p[2] in TARGET_ORDER else 9, p[2], p[3]))
+    labels = dict.fromkeys(part.sort_values("label")["label"])
+    families = dict(zip(part["label"], part["family"]))
+    order = sorted(labels, key=lambda lab: (_family_order(families[lab]), lab))
+    header = ["Method"] + [f"{tr} → {te} ({t}) {m}" for tr, te, t, _ in pairs for m in ("SRCC", "PLCC")]
+    table = Table("Cross-dataset generalisation", header, key="cross")
+    grid = {lab: [Cell(lab)] for lab in order}
+    for tr, te, t, h in pairs:
+        block = part[(part["train_dataset"] == tr) & (part["dataset"] == te) & (part["target"] == t)
+                     & (part["data_hash"] == h)]
+        for metric in ("srcc", "plcc"):
+            values, cells = [], []
+            for lab in order:
+                hit = block[block["label"] == lab]
+                if hit.empty:
+                    values.append(float("nan"))
+                    cells.append(Cell("—"))
+                    continue
+                r = hit.iloc[0]
+                low, high = r.get(f"{metric}_ci_low", float("nan")), r.get(f"{metric}_ci_high", float("nan"))
+                ci = f" [{_fmt(float(low), 3)}, {_fmt(float(high), 3)}]" if pd.notna(low) and pd.notna(high) else ""
+                cells.append(Cell(_fmt(float(r[f"{metric}_mean"])) + ci))
+                values.append(float(r[f"{metric}_mean"]) if not lab.endswith("[test-oracle]") else float("nan"))
+            _emphasis(cells, values)
+            for lab, cell in zip(order, cells):
+                grid[lab].append(cell)
+    previous = None
+    for i, lab in enumerate(order):
+        if families[lab] != previous:
+            table.sections[i] = _family_title(families[lab])
+            previous = families[lab]
+        table.rows.append(grid[lab])
+    maps = sorted({r.split_family for r in part.itertuples()})
+    table.caption = ("Trainable methods fitted on the training dataset (model selection on a held-out part of its "
+                     "prompt groups, varied per repeat) and tested on every image of the test dataset; zero-shot "
+                     "methods scored once on the test dataset. Mean over repeats, [95% prompt-cluster bootstrap "
+                     f"interval]. PLCC on raw scores. Bold: best; underlined: second. Protocols: {'; '.join(maps)}.")
     return table

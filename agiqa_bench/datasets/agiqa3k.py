@@ -12,6 +12,7 @@ Items:
   (`sd1.5_lowstep_042.jpg` -> "42"), so all generators of a prompt stay together.
 - generator = the name before that underscore (`sd1.5_lowstep`); `meta["family"]`
   is its first token (`sd1.5`).
+- attribute `style` (the label file's style column), for `report --by style`.
 
 SynthAGIQA is written in this same layout with an extra `mos_overall` column
 (target `overall`) and its defect metadata; every extra column lands in `meta`.
@@ -90,6 +91,7 @@ def load(
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(rows, label_file, duplicates)
     image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id, images)
+    attributes = ("style",) if any(c.text(it.meta.get("style")) for it in items) else ()
     return c.finish(name, items, targets, label_file, image_dir, notes,
                     check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root)
+                    allow_outside_root=allow_outside_root, attributes=attributes)
