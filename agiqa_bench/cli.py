@@ -93,7 +93,7 @@ def main_callback(
     warnings.showwarning = show_warning
 
 
-DATASET_HELP = "Dataset: synthetic (built-in), agiqa1k, agiqa3k or csv."
+DATASET_HELP = "Dataset: synthetic (built-in), agiqa1k, agiqa3k, aigciqa2023, aigiqa20k or csv."
 
 
 @app.command()
@@ -419,6 +419,8 @@ def splits_export(
     options = _dataset_options(dataset_opt, None)
     options["check_images"] = False
     ds = load_dataset(dataset, data_root, **options)
+    if not ds.targets:
+        raise ConfigError(f"dataset {ds.name!r} has no targets (unlabelled, for scoring only): it has no splits to export")
     splits = make_splits(ds, protocol, repeats, seed, val_fraction)
     splits.save(output)
     sizes = ", ".join(str(len(s.test)) for s in splits.splits)

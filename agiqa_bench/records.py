@@ -14,8 +14,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 #: Target names used across datasets.  `overall` is a single coupled MOS
-#: (AGIQA-1k); `quality` and `alignment` are AGIQA-3k's two MOS columns.
-KNOWN_TARGETS = ("quality", "alignment", "overall")
+#: (AGIQA-1k, AIGIQA-20K); `quality` and `alignment` are AGIQA-3k's two MOS columns;
+#: `authenticity` is AIGCIQA2023's third MOS (how real the image looks; its
+#: correspondence MOS is `alignment`).
+KNOWN_TARGETS = ("quality", "authenticity", "alignment", "overall")
 
 
 @dataclass(frozen=True)

@@ -242,6 +242,8 @@ def plan_run(
         raise ConfigError(f"--repeats must be between 1 and {MAX_REPEATS} (papers use 10; each repeat is a split "
                           f"and a training per method), got {repeats}; pass --allow-many-repeats to go beyond")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root, **(dataset_options or {}))
+    if not ds.targets:
+        raise ConfigError(f"dataset {ds.name!r} has no targets (unlabelled, for scoring only): it cannot be benchmarked")
     cross, train_ds = None, None
     if train_dataset is not None:
         from agiqa_bench import crossdata

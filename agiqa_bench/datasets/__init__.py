@@ -1,8 +1,15 @@
-"""Datasets: AGIQA-1k, AGIQA-3k, the built-in SynthAGIQA, and any CSV.
+"""Datasets: AGIQA-1k, AGIQA-3k, AIGCIQA2023, AIGIQA-20K, the built-in SynthAGIQA, and any CSV.
 
 `load_dataset(name, data_root, **options)` is the one door; every loader returns
 a `Dataset` of `Item`s and raises `DataError` naming the file and row on bad
 input.
+
+- `agiqa1k`, `agiqa3k`: the label files ship with the package; images from the authors.
+- `aigciqa2023`: the official release (DATA/MOS/mosz1-3.mat, the prompt sheet, Image/allimg/) or its
+  one-file conversion AIGCIQA2023.csv, found automatically; targets quality, authenticity, alignment;
+  items carry the prompt's style and object class as attributes.
+- `aigiqa20k`: the NTIRE 2024 release (info_train.csv + train/); target overall.  Its validation part
+  (`part=val`, labels not public) loads only with `allow_unlabelled=true`, with no targets, for scoring.
 """
 
 from __future__ import annotations
@@ -47,6 +54,18 @@ def _load_agiqa3k(data_root=None, **options) -> Dataset:
     return agiqa3k.load(data_root, **options)
 
 
+def _load_aigciqa2023(data_root=None, **options) -> Dataset:
+    from agiqa_bench.datasets import aigciqa2023
+
+    return aigciqa2023.load(data_root, **options)
+
+
+def _load_aigiqa20k(data_root=None, **options) -> Dataset:
+    from agiqa_bench.datasets import aigiqa20k
+
+    return aigiqa20k.load(data_root, **options)
+
+
 def _load_csv(data_root=None, **options) -> Dataset:
     from agiqa_bench.datasets import tabular
 
@@ -82,6 +101,20 @@ DATASETS: dict[str, DatasetInfo] = {
         "data.csv + images (images/ or AGIQA-3K/)",
         _load_agiqa3k,
     ),
+    "aigciqa2023": DatasetInfo(
+        "aigciqa2023",
+        "AIGCIQA2023: 2,400 images of 6 generators, 100 prompts; quality, authenticity and correspondence MOS",
+        ("quality", "authenticity", "alignment"),
+        "DATA/MOS/mosz1-3.mat + AIGCIQA2023_Prompts.xlsx + Image/allimg/, or AIGCIQA2023.csv + images",
+        _load_aigciqa2023,
+    ),
+    "aigiqa20k": DatasetInfo(
+        "aigiqa20k",
+        "AIGIQA-20K (NTIRE 2024, AIGCQA-30K-Image): 14,000 labelled images of 15 generators, one MOS",
+        ("overall",),
+        "info_train.csv + images (train/ or images/); info_val.csv + val/ with part=val (unlabelled)",
+        _load_aigiqa20k,
+    ),
     "csv": DatasetInfo(
         "csv",
         "Your own dataset from a CSV/Excel label file (columns mapped with --dataset-opt)",
@@ -96,7 +129,7 @@ def accepted_options(name: str) -> tuple[str, ...]:
     """The keyword options a dataset's loader takes (read from its signature)."""
     import inspect
 
-    from agiqa_bench.datasets import agiqa1k, agiqa3k, tabular
+    from agiqa_bench.datasets import agiqa1k, agiqa3k, aigciqa2023, aigiqa20k, tabular
     from agiqa_bench.synthetic import dataset as synthetic
 
     def keywords(fn, skip=("data_root",)) -> list[str]:
@@ -105,14 +138,17 @@ def accepted_options(name: str) -> tuple[str, ...]:
 
     if name == "synthetic":
         return tuple(synthetic.SYNTH_OPTIONS) + tuple(keywords(agiqa3k.load, ("data_root", "name")))
-    return tuple(keywords({"agiqa1k": agiqa1k.load, "agiqa3k": agiqa3k.load, "csv": tabular.load}[name]))
+    loaders = {"agiqa1k": agiqa1k.load, "agiqa3k": agiqa3k.load, "aigciqa2023": aigciqa2023.load,
+               "aigiqa20k": aigiqa20k.load, "csv": tabular.load}
+    return tuple(keywords(loaders[name]))
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, **options: Any) -> Dataset:
     """Load a dataset by name.
 
     Options common to all: images (folder), drop_missing, drop_bad_images, allow_outside_root,
-    check_images, duplicates (first|last|mean).  `csv` and `synthetic` take more (see their modules).
+    check_images; most take duplicates (first|last|mean).  `csv`, `synthetic`, `aigciqa2023` (layout) and
+    `aigiqa20k` (part, allow_unlabelled) take more (see their modules).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")

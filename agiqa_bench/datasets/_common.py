@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 import pandas as pd
 
-from agiqa_bench.errors import BadImagesError, DataError, MissingImagesError
+from agiqa_bench.errors import BadImagesError, ConfigError, DataError, MissingImagesError
 from agiqa_bench.records import Dataset, Item
 
 #: Environment variable naming a folder that holds one sub-folder per dataset
@@ -98,14 +98,26 @@ def row_label(path: Path, index: int, header_rows: int = 1) -> str:
     return f"{path} row {index + 1 + header_rows}"
 
 
-def parse_float(value, path: Path, index: int, column: str) -> float:
+def parse_float(value, path: Path, index: int, column: str, header_rows: int = 1) -> float:
     try:
         out = float(value)
     except (TypeError, ValueError):
         out = math.nan
     if not math.isfinite(out):
-        raise DataError(f"{row_label(path, index)}: column {column!r} must be a number, got {value!r}")
+        raise DataError(f"{row_label(path, index, header_rows)}: column {column!r} must be a number, got {value!r}")
     return out
+
+
+def flag(value, dataset: str, option: str) -> bool:
+    """A yes/no dataset option: a bool, or the text --dataset-opt gives (true/false, yes/no, 1/0, on/off)."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{dataset}: option {option} must be true or false, got {value!r}")
 
 
 def text(value) -> str:

@@ -1,6 +1,6 @@
 """`csv`: any dataset described by a CSV (or Excel) label file.
 
-For AIGCIQA2023, AIGIQA-20K or your own data.  Options (CLI: `--dataset-opt key=value`):
+For your own data (AIGCIQA2023 and AIGIQA-20K have loaders of their own).  Options (CLI: `--dataset-opt key=value`):
 
     label        label file, relative to the data root (default: data.csv)
     image_col    column with the image file name/path, relative to the image folder (default: image)
