@@ -32,15 +32,19 @@ knows no metric and no pyiqa:
 - Weights: pyiqa fetches what a metric needs itself, into its own cache
   (``pyiqa.utils.download_util.DEFAULT_CACHE_DIR`` = torch's hub folder +
   ``/pyiqa``: ``$TORCH_HOME/hub/pyiqa``, by default ``~/.cache/torch/hub/pyiqa``)
-  and, for backbones, timm's / Hugging Face's / torchvision's caches.  While
-  the metric is built, pyiqa's downloader (and torch hub's) is guarded: with
-  downloads off (`agiqa_bench.hub.offline`) a file that is not cached fails at
-  once, and a failed download fails, as one line naming the file, its URL, the
-  folder pyiqa looks in and how to put it there by hand (or
+  and, for backbones, torch hub's (torchvision), the CLIP loaders' and Hugging
+  Face's (timm, transformers) caches.  While the metric is built, the URL
+  downloaders are guarded (`DOWNLOADERS`): with downloads off
+  (`agiqa_bench.hub.offline`) a file that is not cached fails at once, and a
+  failed download fails, as one line naming the file, its URL, the folder it
+  is looked for in and how to put it there by hand (or
   ``--set pyiqa:<metric>.pretrained_model_path=PATH`` where pyiqa's network
-  takes one).  Which files a metric needs is only known once pyiqa builds it,
-  so a missing file is recorded by the job (once: the other repeats are
-  skipped), not at plan time.  The configuration hash holds pyiqa's version
+  takes one); a Hugging Face file is named from the hub call that failed
+  (`hub_file`), a missing Python package (Q-Align's) by its name.  Which
+  files a metric needs is only known once pyiqa builds it, so a missing file
+  is recorded by the job (once: the other repeats are skipped), not at plan
+  time; a ``pretrained_model_path`` given to a network that takes none is
+  refused at plan time.  The configuration hash holds pyiqa's version
   (its hosted files are fixed per version) and the identity of a local
   ``pretrained_model_path``.
 
@@ -180,6 +184,8 @@ def _refuse_unknown(metric: str) -> ConfigError:
 def member_spec(metric: str) -> MethodSpec:
     """The spec of `pyiqa:<metric>` from pyiqa's metadata; ConfigError (one line) for a metric that cannot run."""
     name = f"{PREFIX}:{metric}"
+    if not metric:
+        raise ConfigError("pyiqa: name a metric after the colon (pyiqa:musiq); `agiqa-bench methods --pyiqa` lists them")
     table = configs()
     if metric not in table:
         raise _refuse_unknown(metric)
