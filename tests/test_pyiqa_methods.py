@@ -251,3 +251,23 @@ def test_methods_lists_the_family(monkeypatch):
     assert one.exit_code == 0 and "pyiqa:niqe (zero-shot, handcrafted)" in one.output.replace("\n", " ")
     bad = invoke("methods", "--pyiqq")
     assert bad.exit_code == 2 and "--pyiqa" in bad.output
+
+
+def test_a_backbone_file_from_the_hub_and_a_missing_package_are_named(tmp_path, monkeypatch):
+    """What timm/transformers raise offline (no file name in their message) becomes one line naming the hub file."""
+    from huggingface_hub import hf_hub_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    try:
+        hf_hub_download("timm/resnet50.a1_in1k", "pytorch_model.bin", cache_dir=str(tmp_path / "hf"))
+    except Exception as exc:  # LocalEntryNotFoundError (offline, not cached)
+        text = str(pyiqa_metrics.build_failure("pyiqa:topiq_nr", "topiq_nr", exc))
+    else:
+        pytest.fail("an uncached hub file was found offline")
+    assert "\n" not in text and text.startswith("pyiqa:topiq_nr: pytorch_model.bin, a backbone file pyiqa's network "
+                                                "loads from the Hugging Face hub, is not available (not in the local cache")
+    assert "Source: hf-hub:timm/resnet50.a1_in1k/pytorch_model.bin." in text
+    missing = ModuleNotFoundError("No module named 'icecream'", name="icecream")
+    assert str(pyiqa_metrics.build_failure("pyiqa:qalign", "qalign", missing)) == (
+        "pyiqa:qalign: pyiqa's network for qalign needs the Python package 'icecream', which is not installed: "
+        "pip install icecream")
