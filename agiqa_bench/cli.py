@@ -21,6 +21,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from agiqa_bench import __version__
 from agiqa_bench.cli_pretrain import pretrain_app
@@ -311,15 +312,21 @@ def compare(
         )
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def methods(
-    pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*'."),
+    ctx: typer.Context,
+    pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*', or one family member ('pyiqa:musiq')."),
     details: bool = typer.Option(False, "--details", help="Every method's summary, reference, weights and where to get them."),
 ):
-    """List registered methods: kind, family, inputs, variants, weights needed and whether they are here."""
+    """List registered methods: kind, family, inputs, variants, weights needed and whether they are here.
+
+    `--<family>` (e.g. `--pyiqa`) lists the members of a method family instead (PATTERN filters them).
+    """
     from agiqa_bench.registry import (
         all_specs,
+        families,
+        get_spec,
         list_methods,
         method_params,
         weights_status,
@@ -327,9 +334,25 @@ def methods(
 
     import fnmatch
 
+    by_flag = {f"--{family.prefix}": family for family in families()}
+    words = ([pattern] if pattern is not None else []) + list(ctx.args)  # a family flag may come before PATTERN
+    flags = [w for w in words if w.startswith("--")]
+    positional = [w for w in words if not w.startswith("--")]
+    unknown = [w for w in flags if w not in by_flag] + positional[1:]
+    if unknown:
+        known = ", ".join(["--details", *by_flag])
+        raise ConfigError(f"methods: unexpected {' '.join(unknown)!r}; it takes one PATTERN and the options {known}")
+    pattern = positional[0] if positional else None
+    wanted = [by_flag[flag] for flag in dict.fromkeys(flags)]
+    if wanted:
+        _family_members(wanted, pattern)
+        return
     names = set(list_methods(pattern))
     chosen = [spec for spec in all_specs()
               if spec.name in names or (pattern and fnmatch.fnmatch(spec.name, pattern)) or any(f"{spec.name}.{v}" in names for v in spec.variants)]
+    if not chosen and pattern and not any(c in pattern for c in "*?[") and any(
+            pattern.startswith(f"{f.prefix}:") for f in families()):
+        chosen = [get_spec(pattern)[0]]  # one family member: its details (an unknown member: the family's error)
     details = details or len(chosen) == 1
     wide = console.width >= 120 or details  # the variants and weights names need room
     table = Table(title="methods (weights: ✓ here, ✗ missing, ? not checked; --details says more)")
@@ -371,6 +394,9 @@ def methods(
         n_variants = sum(len(spec.variants) for spec in chosen)
         console.print(f"{len(chosen)} methods, {n_variants} variants: `agiqa-bench methods --details` lists the "
                       "variants, inputs and weights (or widen the terminal).", highlight=False)
+    if not pattern:
+        for family in families():
+            console.print(f"[bold]{family.prefix}:<member>[/]: {family.summary}.", highlight=False, emoji=False)
     for spec in approximations:
         console.print(f"[yellow]≈ {spec.name} is an approximation[/]: {spec.approximation}.", highlight=False)
     if details:
@@ -385,6 +411,24 @@ def methods(
             for w, ok in statuses[spec.name]:
                 state = {True: "available", False: "missing", None: "unknown"}[ok]
                 console.print(f"  weights: {w.name} [{w.param}] — {state}; {w.hint}", highlight=False)
+
+
+def _family_members(wanted, pattern: Optional[str]) -> None:
+    """`methods --<family>`: every member a family offers (filtered by PATTERN, on the full or the member name)."""
+    import fnmatch
+
+    for family in wanted:
+        table = Table(title=f"{family.prefix}:<member> methods ({family.summary})")
+        table.add_column("method", no_wrap=True)
+        table.add_column("about")
+        rows = [(family.full_name(m), about) for m, about in family.members()]
+        if pattern:
+            rows = [(n, a) for n, a in rows if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(":", 1)[1], pattern)]
+        for name, about in rows:
+            table.add_row(Text(name), Text(about))  # plain text: no markup or :emoji: codes read into names
+        console.print(table, emoji=False)
+        console.print(f"{len(rows)} {family.prefix} methods; run any with `agiqa-bench run --methods "
+                      f"{rows[0][0] if rows else family.prefix + ':NAME'}`.", highlight=False, emoji=False)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -100,6 +100,38 @@ class MethodSpec:
         return self.targets is None or target in self.targets
 
 
+#: What separates a family's prefix from a member's name: `pyiqa:musiq` (a dot would read as a variant).
+FAMILY_SEPARATOR = ":"
+
+
+@dataclass(frozen=True)
+class SpecFamily:
+    """Methods named `prefix:member` whose members another library lists (e.g. every metric of pyiqa).
+
+    Registered through the `agiqa_bench.methods` entry points like a spec.  The registry asks the family
+    for a member's spec only when that name is used, so listing methods never enumerates (or imports) the
+    library; the spec it returns is an ordinary `MethodSpec` named `prefix:member`.
+
+    Attributes:
+        prefix: the part before the ':' (`pyiqa`).
+        summary: one line for the `methods` listing.
+        spec: member name -> its `MethodSpec`; raises `ConfigError` (one line) for a member it refuses
+            (unknown, or of a kind the harness cannot run), naming close matches.
+        members: () -> [(member, one-line description)] of every member it would accept, for
+            `agiqa-bench methods --<prefix>`; may import the library.
+        knows: member name -> bool, a cheap test used to tell `prefix:member.variant` apart.
+    """
+
+    prefix: str
+    summary: str
+    spec: Callable[[str], MethodSpec]
+    members: Callable[[], list[tuple[str, str]]]
+    knows: Callable[[str], bool]
+
+    def full_name(self, member: str) -> str:
+        return f"{self.prefix}{FAMILY_SEPARATOR}{member}"
+
+
 @dataclass
 class MethodContext:
     """What the runner lends a method: device, seed and a place for caches."""
@@ -164,7 +196,7 @@ class Method:
     def kept_checkpoint_path(self) -> Path:
         """Where `--keep-checkpoints` saves this repeat's model: WORKDIR/checkpoints/DATASET-NAME-rREPEAT.pt."""
         workdir = Path(self.context.workdir) if self.context.workdir is not None else Path(".")
-        return workdir / "checkpoints" / f"{self.context.dataset}-{self.name}-r{self.context.repeat}.pt"
+        return workdir / "checkpoints" / f"{self.context.dataset}-{path_safe(self.name)}-r{self.context.repeat}.pt"
 
     #: True when the configuration selects epochs on the test part (`selection=test-oracle`);
     #: the runner then hands the test items to `set_oracle` before `fit`.
@@ -172,6 +204,12 @@ class Method:
 
     def set_oracle(self, items: Sequence[Item]) -> None:
         raise NotImplementedError(f"{self.spec.name} has no test-oracle protocol")
+
+
+def path_safe(name: str) -> str:
+    """A method name as a file name on any system: letters, digits and `-_.+` kept, anything else (the ':' of
+    `pyiqa:musiq`, a path separator) replaced by '_'."""
+    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
 
 
 def resolve_params(name: str, params: Any, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,15 @@ either.  Specs are collected once per process and cached.  A method module
 keeps its heavy imports (torch, model libraries) inside functions, so listing
 specs imports no model code; `create_method` imports the class on demand.
 
+An entry point may also name a `SpecFamily`: methods spelled `prefix:member`
+whose members another library lists (pyiqa's metrics: `pyiqa:musiq`).  The
+registry knows only the prefix; when a `prefix:member` name is used it asks the
+family for that member's spec (cached), so nothing enumerates or imports the
+library until a member is named.  Family members take part in everything a
+name does (variants aside: `prefix:member.variant` is refused by the member's
+spec, which declares none), but `list_methods()` leaves them out unless asked
+(`families=True`): they are the library's to list.
+
 Names: `method` or `method.variant` (variants are parameter overrides declared
 in the spec, like timm's weight tags); aliases resolve to the canonical name;
 a spec with `canonical_variant` resolves its bare name to that variant.
@@ -30,7 +39,7 @@ from importlib import metadata
 from typing import Any
 
 from agiqa_bench.errors import ConfigError
-from agiqa_bench.method import Method, MethodContext, MethodSpec, Weights, resolve_params
+from agiqa_bench.method import FAMILY_SEPARATOR, Method, MethodContext, MethodSpec, SpecFamily, Weights, resolve_params
 
 ENTRY_POINT_GROUP = "agiqa_bench.methods"
 #: Listing order of the table families (the paper's Table 1 sections, then Table 2's; "" = other).
@@ -47,12 +56,60 @@ def register(*specs: MethodSpec) -> None:
     refresh()
 
 
-def _load_entry_point(ep) -> list[MethodSpec]:
+def _load_entry_point(ep) -> list[MethodSpec | SpecFamily]:
     obj = ep.load()
-    if callable(obj) and not isinstance(obj, MethodSpec):
+    if callable(obj) and not isinstance(obj, (MethodSpec, SpecFamily)):
         obj = obj()
-    found = [obj] if isinstance(obj, MethodSpec) else list(obj)
-    return [s for s in found if isinstance(s, MethodSpec)]
+    found = [obj] if isinstance(obj, (MethodSpec, SpecFamily)) else list(obj)
+    return [s for s in found if isinstance(s, (MethodSpec, SpecFamily))]
+
+
+@functools.cache
+def _entries() -> tuple[tuple[MethodSpec, ...], tuple[SpecFamily, ...]]:
+    """(specs, families) of every entry point, loaded once; the project's own first, then plugins."""
+    own, plugins = [], []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = _load_entry_point(ep)
+        except Exception as exc:  # a broken plugin must not break the harness
+            warnings.warn(f"method plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
+            continue
+        dist = getattr(getattr(ep, "dist", None), "name", "") or ""
+        (own if dist.replace("_", "-") == "agiqa-bench" else plugins).append(found)
+    loaded = [entry for found in own + plugins + [list(_registered)] for entry in found]
+    families: dict[str, SpecFamily] = {}
+    for family in (e for e in loaded if isinstance(e, SpecFamily)):
+        if family.prefix in families:
+            warnings.warn(f"method family {family.prefix!r} ignored: the prefix is already registered", stacklevel=3)
+            continue
+        families[family.prefix] = family
+    return tuple(e for e in loaded if isinstance(e, MethodSpec)), tuple(families.values())
+
+
+def families() -> tuple[SpecFamily, ...]:
+    """Every registered method family (`prefix:member` names)."""
+    return _entries()[1]
+
+
+def _family_of(name: str) -> tuple[SpecFamily, str] | None:
+    """(family, member) when `name` is spelled `prefix:member` with a registered prefix."""
+    prefix, sep, member = name.partition(FAMILY_SEPARATOR)
+    if not sep:
+        return None
+    for family in families():
+        if family.prefix == prefix:
+            return family, member
+    return None
+
+
+@functools.cache
+def _member_spec(name: str) -> MethodSpec:
+    """The spec of a family member (`prefix:member`), asked of its family once per process."""
+    family, member = _family_of(name)
+    spec = family.spec(member)
+    if spec.name != name:
+        raise ConfigError(f"method family {family.prefix!r} answered {name!r} with a spec named {spec.name!r}")
+    return spec
 
 
 @functools.cache
@@ -60,34 +117,27 @@ def all_specs() -> tuple[MethodSpec, ...]:
     """Every registered spec (cached): the project's own entry points first, then plugins.
 
     Listed by table family (`FAMILY_ORDER`), then by name; a plugin may not take a name already taken.
+    Family members (`prefix:member`) are not among them: see `get_spec` and `list_methods(families=True)`.
     """
-    own, plugins = [], []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found = _load_entry_point(ep)
-        except Exception as exc:  # a broken plugin must not break the harness
-            warnings.warn(f"method plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
-            continue
-        dist = getattr(getattr(ep, "dist", None), "name", "") or ""
-        (own if dist.replace("_", "-") == "agiqa-bench" else plugins).append(found)
     specs: list[MethodSpec] = []
     taken: set[str] = set()
-    for found in own + plugins + [list(_registered)]:
-        for spec in found:
-            names = {spec.name, *spec.aliases}
-            if names & taken:
-                warnings.warn(f"method {spec.name!r} ignored: the name is already registered", stacklevel=2)
-                continue
-            specs.append(spec)
-            taken |= names
+    for spec in _entries()[0]:
+        names = {spec.name, *spec.aliases}
+        if names & taken:
+            warnings.warn(f"method {spec.name!r} ignored: the name is already registered", stacklevel=2)
+            continue
+        specs.append(spec)
+        taken |= names
     rank = {family: i for i, family in enumerate(FAMILY_ORDER)}
     return tuple(sorted(specs, key=lambda s: (rank.get(s.family, len(rank)), s.name)))
 
 
 def refresh() -> None:
     """Forget the cached specs (after installing a plugin in a running process; tests)."""
+    _entries.cache_clear()
     all_specs.cache_clear()
     _by_name.cache_clear()
+    _member_spec.cache_clear()
 
 
 @functools.cache
@@ -105,13 +155,19 @@ def split_name(name: str) -> tuple[str, str | None]:
 
     The longest registered prefix wins, so a canonical name may itself contain a
     dot ('a.b' registered: 'a.b.c' is variant 'c' of 'a.b') and a variant may too.
+    A family member (`prefix:member`) counts as registered when its family knows the member.
     """
     table = _by_name()
     parts = name.split(".")
+    member_of = _family_of(name)
     for cut in range(len(parts), 0, -1):
         base = ".".join(parts[:cut])
         if base in table:
             return base, (".".join(parts[cut:]) or None)
+        if member_of is not None:
+            _, member = _family_of(base) or (None, "")
+            if member and member_of[0].knows(member):
+                return base, (".".join(parts[cut:]) or None)
     base, _, variant = name.partition(".")
     return base, (variant or None)
 
@@ -120,10 +176,14 @@ def get_spec(name: str) -> tuple[MethodSpec, str | None]:
     """The spec and variant for a (possibly aliased) `method[.variant]` name."""
     base, variant = split_name(name.strip())
     table = _by_name()
-    if base not in table:
+    if base in table:
+        spec = table[base]
+    elif _family_of(base) is not None:
+        spec = _member_spec(base)  # the family refuses an unknown member in its own words
+    else:
         close = ", ".join(sorted(n for n in table if n[:2] == base[:2])) or ", ".join(sorted(table))
-        raise ConfigError(f"unknown method {name!r}. Known methods: {close}. See `agiqa-bench methods`.")
-    spec = table[base]
+        prefixes = "".join(f"; or {f.prefix}{FAMILY_SEPARATOR}<member>" for f in families())
+        raise ConfigError(f"unknown method {name!r}. Known methods: {close}{prefixes}. See `agiqa-bench methods`.")
     if variant is None:
         variant = spec.canonical_variant
     if variant is not None and variant not in spec.variants:
@@ -137,13 +197,19 @@ def canonical_name(name: str) -> str:
     return spec.name if variant is None else f"{spec.name}.{variant}"
 
 
-def list_methods(pattern: str | None = None) -> list[str]:
-    """Canonical names of every method and variant, optionally filtered by a glob."""
+def list_methods(pattern: str | None = None, *, families: bool = False) -> list[str]:
+    """Canonical names of every method and variant, optionally filtered by a glob.
+
+    `families=True` adds every member of every method family (`pyiqa:musiq`, ...), which may import the
+    library that lists them.
+    """
     names: list[str] = []
     for spec in all_specs():
         if spec.canonical_variant is None:
             names.append(spec.name)
         names.extend(f"{spec.name}.{v}" for v in spec.variants)
+    if families:
+        names.extend(family.full_name(member) for family in _entries()[1] for member, _ in family.members())
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     return names
