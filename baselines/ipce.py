@@ -104,7 +104,7 @@ import numpy as np
 from agiqa_bench.clip import clip_weights, clip_weights_problem, open_clip_identity
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.method import MethodSpec
-from agiqa_bench.params import param, with_defaults
+from agiqa_bench.params import param
 from agiqa_bench.records import Item
 from agiqa_bench.training import SELECTIONS, TorchRegressor, TrainConfig, decay_groups, fit_regressor
 from baselines.alignment import AlignmentScorerParams, OpenCLIPScorer
@@ -362,7 +362,6 @@ class IPCEParams(IPCEViewParams):
 
 
 @dataclass(frozen=True)
-@with_defaults(batch_size=16)
 class IPCEZeroShotParams(AlignmentScorerParams, IPCEViewParams):
     """The pretrained CLIP with IPCE's texts, views and head; nothing is trained."""
 
@@ -467,6 +466,8 @@ class IPCEZeroShot(OpenCLIPScorer):
         _need_prompts(self.spec.name, items)
         device = self.context.device
         x = normalise(ImageBank.get(items, int(self.config["image_size"])).to(device))
-        tokens = Texts(self.config["clip_model"])(list(captions)).to(device)
+        if getattr(self, "_texts", None) is None:
+            self._texts = Texts(self.config["clip_model"])
+        tokens = self._texts(list(captions)).to(device)
         with torch.no_grad():
             return model(x, tokens)[:, 0].cpu().numpy().astype(np.float64)

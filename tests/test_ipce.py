@@ -247,11 +247,11 @@ def test_run_both_variants_and_the_labelled_protocol_on_synthetic(tmp_path):
     report = runner.invoke(app, ["report", "--out", str(out)])
     assert report.exit_code == 0, report.output
     text = report.output
-    assert "| ipce |" in text and "| ipce.zero_shot |" in text
-    assert "| ipce.test_oracle [test-oracle] |" in text
+    assert "| ipce {epochs=1} |" in text and "| ipce.zero_shot |" in text
+    assert "| ipce.test_oracle {epochs=1} [test-oracle] |" in text  # the official protocol, labelled
     table1 = text[text.index("Table 1 layout"):text.index("Table 2 layout")]
-    assert "IPCE (image-prompt correspondence)" in table1 and "| ipce |" in table1
+    assert "IPCE (image-prompt correspondence)" in table1 and "| ipce {epochs=1} |" in table1
     assert "ipce.zero_shot" not in table1  # a zero-shot alignment baseline: Table 2 only
     table2 = text[text.index("Table 2 layout"):]
-    assert "| ipce | IPCE (image-prompt correspondence) |" in table2
+    assert "| ipce {epochs=1} | IPCE (image-prompt correspondence) |" in table2
     assert "| ipce.zero_shot | Alignment (zero-shot) |" in table2
