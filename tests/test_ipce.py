@@ -204,7 +204,7 @@ def test_zero_shot_scores_are_the_untrained_model_and_cached(data, tmp_path, one
     ds, split = data
     spec, _ = get_spec("ipce.zero_shot")
     assert spec.kind == "zero-shot" and spec.family == "alignment"
-    assert get_spec("ipce")[0].family == "ipce"
+    assert get_spec("ipce")[0].family == "correspondence"
     context = MethodContext(seed=1, cache_dir=tmp_path / "cache")
     zs = create_method("ipce.zero_shot", spec.smoke, context)
     test = ds.subset(split.test)
@@ -250,8 +250,8 @@ def test_run_both_variants_and_the_labelled_protocol_on_synthetic(tmp_path):
     assert "| ipce {epochs=1} |" in text and "| ipce.zero_shot |" in text
     assert "| ipce.test_oracle {epochs=1} [test-oracle] |" in text  # the official protocol, labelled
     table1 = text[text.index("Table 1 layout"):text.index("Table 2 layout")]
-    assert "IPCE (image-prompt correspondence)" in table1 and "| ipce {epochs=1} |" in table1
+    assert "Image-prompt correspondence" in table1 and "| ipce {epochs=1} |" in table1
     assert "ipce.zero_shot" not in table1  # a zero-shot alignment baseline: Table 2 only
     table2 = text[text.index("Table 2 layout"):]
-    assert "| ipce {epochs=1} | IPCE (image-prompt correspondence) |" in table2
+    assert "| ipce {epochs=1} | Image-prompt correspondence |" in table2
     assert "| ipce.zero_shot | Alignment (zero-shot) |" in table2
