@@ -20,10 +20,10 @@ from baselines.ipce import (
     _model_module,
     crop_grid,
     crop_stride,
+    eval_crop_indices,
     expected_score,
     official_lr_factor,
     pool_views,
-    eval_crop_indices,
     texts_for,
 )
 
@@ -101,8 +101,8 @@ class _ToyCLIP(torch.nn.Module):
 
 
 def _toy_model(**kw):
-    args = dict(crop_size=4, stride=4, stride_large=6, large_side=16, train_crops=2, test_crops=3,
-                mos_low=0.0, mos_high=5.0)
+    args = {"crop_size": 4, "stride": 4, "stride_large": 6, "large_side": 16, "train_crops": 2, "test_crops": 3,
+            "mos_low": 0.0, "mos_high": 5.0}
     args.update(kw)
     return _model_module()(_ToyCLIP(), **args)
 
@@ -210,8 +210,8 @@ def test_zero_shot_scores_are_the_untrained_model_and_cached(data, tmp_path, one
     test = ds.subset(split.test)
     zs.fit([], [], ("alignment",))
     first = zs.predict(test)
-    from baselines.ipce import Texts, build_model
     from agiqa_bench.batches import ImageBank, normalise
+    from baselines.ipce import Texts, build_model
 
     torch.manual_seed(1)
     model = build_model(zs.config, option="x.pretrained").eval()
