@@ -74,7 +74,8 @@ class MethodSpec:
     reference: str = ""  # paper / official code
     #: Where the paper-layout tables put the method: "handcrafted" (training-free
     #: perceptual), "svr" (handcrafted features + SVR), "deep", "alignment"
-    #: (zero-shot image-text), "ours" (IP-IQA); "" = other.
+    #: (zero-shot image-text), "correspondence" (fine-tuned image-prompt
+    #: correspondence, IPCE), "ours" (IP-IQA); "" = other.
     family: str = ""
     approximation: str = ""  # non-empty: why the method is not faithful
     default_run: bool = True  # part of `agiqa-bench run` when no --methods is given

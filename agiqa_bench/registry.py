@@ -43,7 +43,7 @@ from agiqa_bench.method import FAMILY_SEPARATOR, Method, MethodContext, MethodSp
 
 ENTRY_POINT_GROUP = "agiqa_bench.methods"
 #: Listing order of the table families (the paper's Table 1 sections, then Table 2's; "" = other).
-FAMILY_ORDER = ("ours", "handcrafted", "svr", "deep", "alignment", "")
+FAMILY_ORDER = ("ours", "handcrafted", "svr", "deep", "correspondence", "alignment", "")
 
 
 #: Specs added at run time with `register` (notebooks, tests); treated like plugins.

@@ -25,7 +25,7 @@ SHOWN = (("srcc", "SRCC"), ("plcc", "PLCC"), ("krcc", "KRCC"))
 TARGET_ORDER = ("quality", "authenticity", "alignment", "overall")
 DATASET_ORDER = ("agiqa1k", "agiqa3k")
 FAMILY_ORDER = (("handcrafted", "Handcrafted"), ("svr", "SVR-based"), ("deep", "Deep"),
-                ("alignment", "Alignment (zero-shot)"), ("ours", "Ours"), ("", "Other"))
+                ("correspondence", "Image-prompt correspondence"), ("alignment", "Alignment (zero-shot)"), ("ours", "Ours"), ("", "Other"))
 #: The perceptual target of each dataset (AGIQA-1k has one coupled MOS).
 PERCEPTUAL_TARGET = {"agiqa1k": "overall", "agiqa3k": "quality", "aigciqa2023": "quality", "aigiqa20k": "overall"}
 TIED = "≈"

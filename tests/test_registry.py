@@ -212,7 +212,8 @@ RESOLVED_WEIGHTS = [("ipiqa", "pretrained"), ("clipiqa", "pretrained"), ("clipiq
                     ("dbcnn", "scnn_weights"), ("hypernet", "backbone_weights"), ("resnet50", "backbone_weights"),
                     ("hps.v2_1", "checkpoint"), ("hps.v1", "checkpoint"), ("pickscore", "model"),
                     ("pickscore", "processor"), ("imagereward", "checkpoint"), ("imagereward", "med_config"),
-                    ("imagereward", "tokenizer_vocab"), ("stairreward.approx", "checkpoint")]
+                    ("imagereward", "tokenizer_vocab"), ("stairreward.approx", "checkpoint"),
+                    ("ipce", "pretrained"), ("ipce.zero_shot", "pretrained")]
 #: Hub files that are not cached while downloads are off: (method, param, value, file, source).
 HUB_WEIGHTS = [
     ("hps.v2_1", "checkpoint", "hf-hub:xswu/HPSv2/HPS_v2.1_compressed.pt", "HPS_v2.1_compressed.pt",
