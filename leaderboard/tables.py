@@ -110,6 +110,16 @@ def _family_title(family: str) -> str:
     return dict(FAMILY_ORDER).get(family, "Other")
 
 
+def _rows_by_family(table: Table, order: list[str], families: dict[str, str], grid: dict[str, list[Cell]]) -> None:
+    """Append the rows in `order`, with a section title wherever the family changes."""
+    previous = None
+    for i, lab in enumerate(order):
+        if families[lab] != previous:
+            table.sections[i] = _family_title(families[lab])
+            previous = families[lab]
+        table.rows.append(grid[lab])
+
+
 def _datasets(summary: pd.DataFrame) -> list[str]:
     present = list(dict.fromkeys(summary["dataset"]))
     return sorted(present, key=lambda d: (DATASET_ORDER.index(d) if d in DATASET_ORDER else len(DATASET_ORDER), d))
@@ -188,12 +198,7 @@ def perceptual_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | N
             _emphasis(cells, values)
             for lab, cell in zip(order, cells):
                 grid[lab].append(cell)
-    previous = None
-    for i, lab in enumerate(order):
-        if labels[lab] != previous:
-            table.sections[i] = _family_title(labels[lab])
-            previous = labels[lab]
-        table.rows.append(grid[lab])
+    _rows_by_family(table, order, labels, grid)
     protocols = "; ".join(f"{d}: {fam}" for d, _, fam in columns)
     table.caption = (f"Mean over repeats on the test parts. {size_note(blocks)}Splits: {protocols}. "
                      f"{selection_text(pd.concat(blocks.values()))} PLCC on raw scores (logistic-fitted PLCC in the "
@@ -369,12 +374,7 @@ def cross_table(summary: pd.DataFrame) -> Table | None:
             _emphasis(cells, values)
             for lab, cell in zip(order, cells):
                 grid[lab].append(cell)
-    previous = None
-    for i, lab in enumerate(order):
-        if families[lab] != previous:
-            table.sections[i] = _family_title(families[lab])
-            previous = families[lab]
-        table.rows.append(grid[lab])
+    _rows_by_family(table, order, families, grid)
     maps = sorted({r.split_family for r in part.itertuples()})
     table.caption = ("Trainable methods fitted on the training dataset (model selection on a held-out part of its "
                      "prompt groups, varied per repeat) and tested on every image of the test dataset; zero-shot "
