@@ -193,8 +193,10 @@ class IPIQAMethod(TorchRegressor):
         payload = {"format": "agiqa-bench/ipiqa@1", "config": self.model.config.to_dict(),
                    "targets": list(self.targets), "method": self.name,
                    "params": self.config, "state_dict": self.model.state_dict()}
-        torch.save(payload, path)
-        return path
+        from agiqa_bench.outputs import atomic_write
+
+        # a run killed mid-save leaves the previous checkpoint (or none), never a truncated one
+        return atomic_write(path, lambda fh: torch.save(payload, fh), what="write the checkpoint")
 
 
 def load_checkpoint(path: str | Path):
