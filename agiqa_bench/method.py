@@ -15,6 +15,12 @@ Contract:
   the targets it was fitted on.
 - Same params + same context seed => same predictions (tested for every
   registered method).
+- Label scale: a trainable method never sees the dataset's own MOS scale.  The
+  runner hands `fit` items whose labels are put on the method's `label_scale`
+  (standardised on the training part by default; `agiqa_bench.labels`), sets
+  `label_map` (what it did, for checkpoints) and maps `predict`'s output back
+  to MOS units itself.  So a method's ranking does not depend on the affine
+  scale its dataset's labels come in (tested over the whole registry).
 
 Hyperparameters are declared once, as a frozen dataclass beside the class
 (`params = MyMethodParams`, see `agiqa_bench.params`); the resolved values
@@ -30,6 +36,7 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import numpy as np
 
 from agiqa_bench.errors import ConfigError
+from agiqa_bench.labels import STANDARD, LabelMap, LabelScale
 from agiqa_bench.params import NoParams, declaration
 from agiqa_bench.records import Item
 
@@ -163,6 +170,11 @@ class Method:
     #: part of the configuration hash, so old results are recomputed instead of mixed with new ones.
     version: ClassVar[str] = "1"
 
+    #: The scale the runner puts a trainable method's training labels on (`agiqa_bench.labels`): standardised
+    #: on the training part by default; a method whose official recipe fixes a label range declares that
+    #: range's scale; None hands over the raw labels (the method then owes the same invariance itself).
+    label_scale: ClassVar[LabelScale | None] = STANDARD
+
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
                  *, name: str | None = None):
         self.spec = spec
@@ -171,6 +183,8 @@ class Method:
         self.context = context or MethodContext()
         self.config = resolve_params(spec.name, type(self).params, config or {})
         self.targets: tuple[str, ...] = ()
+        #: Set by the runner before `fit`: how the labels it hands over were mapped (None: raw labels).
+        self.label_map: LabelMap | None = None
 
     # -- training -----------------------------------------------------------------
     def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:

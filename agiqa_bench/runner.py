@@ -26,6 +26,7 @@ from agiqa_bench import __version__
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import ConfigError
+from agiqa_bench.labels import LabelMap
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
 from agiqa_bench.records import Dataset
@@ -52,15 +53,18 @@ def data_hash(dataset: Dataset) -> str:
 
 
 def config_hash(method: str, config: dict, runtime: Sequence[str] = (), *, version: str = "1",
-                weights: dict[str, str] | None = None) -> str:
+                weights: dict[str, str] | None = None, labels: str | None = None) -> str:
     """Hash of what a method's scores depend on: name, method version, parameters (less the runtime-only
-    ones) and the identity (size + sha256 prefix) of every weights file the parameters name."""
+    ones), the identity (size + sha256 prefix) of every weights file the parameters name and, for a
+    trainable method, the label scale its training labels are put on (`agiqa_bench.labels`)."""
     scored = {k: v for k, v in config.items() if k not in runtime}
     body = {"method": method, "config": scored}
     if version != "1":
         body["version"] = version
     if weights:
         body["weights"] = weights
+    if labels:
+        body["labels"] = labels
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -335,7 +339,9 @@ def resolve_method(name: str, spec: MethodSpec, overrides: dict, dataset: str, t
     config = method_params(name, overrides, dataset)
     weights = build_method(name, config).weights_identity()
     groups = (targets,) if spec.joint_targets or spec.kind == "zero-shot" else tuple((t,) for t in targets)
-    chash = config_hash(name, config, cls.runtime_params, version=cls.version, weights=weights)
+    scale = cls.label_scale if spec.kind == "trainable" else None
+    chash = config_hash(name, config, cls.runtime_params, version=cls.version, weights=weights,
+                        labels=f"standardised on the training part, then {scale.describe()}" if scale else None)
     return MethodRun(name=name, spec=spec, overrides=dict(overrides), config=config, config_hash=chash,
                      targets=targets, target_groups=groups, version=cls.version, weights=weights,
                      runtime_params=tuple(cls.runtime_params))
@@ -357,10 +363,26 @@ def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, 
     """Train one model on the job's targets; (n_test, len(targets)) predictions, fit and predict seconds, info."""
     m = job.method  # built from the job's own spec: a worker process needs no registry lookup
     method = load_class(m.spec)(m.spec, m.config, context, name=m.name)
-    split, targets = job.split, job.targets
-    train, val, test = ds.subset(split.train), ds.subset(split.val), ds.subset(split.test)
-    if method.uses_test_oracle:
-        method.set_oracle(test)  # selection on the test part, as the reference code; labelled in reports
+    split = job.split
+    return fit_predict(method, ds.subset(split.train), ds.subset(split.val), ds.subset(split.test), job.targets)
+
+
+def fit_predict(method, train: Sequence, val: Sequence, test: Sequence,
+                targets: Sequence[str]) -> tuple[np.ndarray, float, float, dict]:
+    """The runner's contract with a method: fit on `train` (selecting on `val`), predict `test`.
+
+    A trainable method sees its labels on its `label_scale` (fitted on `train` alone, `agiqa_bench.labels`);
+    its predictions come back in the dataset's units.  Returns (n_test, len(targets)) predictions, fit and
+    predict seconds, and the method's info (with the label map applied, if any).
+    """
+    targets = tuple(targets)
+    scale = type(method).label_scale if method.spec.kind == "trainable" else None
+    label_map = LabelMap.fit(train, targets, scale) if scale is not None and train else None
+    if label_map is not None:
+        method.label_map = label_map
+        train, val = label_map.items(train), label_map.items(val)
+    if method.uses_test_oracle:  # selection on the test part, as the reference code; labelled in reports
+        method.set_oracle(label_map.items(test) if label_map is not None else test)
     t0 = time.perf_counter()
     method.fit(train, val, targets)
     t1 = time.perf_counter()
@@ -369,9 +391,12 @@ def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, 
     if pred.ndim == 1:
         pred = np.repeat(pred[:, None], len(targets), axis=1)
     if pred.shape != (len(test), len(targets)):
-        raise RuntimeError(f"{job.method.name}.predict returned shape {pred.shape}, "
+        raise RuntimeError(f"{method.name}.predict returned shape {pred.shape}, "
                            f"expected ({len(test)}, {len(targets)})")
     info = dict(getattr(method, "info", {}) or {})
+    if label_map is not None:
+        pred = label_map.inverse(pred)
+        info["label_map"] = label_map.to_dict()
     return pred, t1 - t0, t2 - t1, info
 
 

@@ -115,6 +115,7 @@ import numpy as np
 
 from agiqa_bench.clip import clip_weights, clip_weights_problem, open_clip_identity
 from agiqa_bench.errors import ConfigError, MethodUnavailable
+from agiqa_bench.labels import AGIQA3K_SCALE, LabelScale
 from agiqa_bench.method import MethodSpec
 from agiqa_bench.params import param
 from agiqa_bench.records import Item
@@ -389,6 +390,9 @@ class IPCE(TorchRegressor):
     """IPCE fine-tuned on each split (L1 on raw MOS), selected by `selection`."""
 
     params: ClassVar[type] = IPCEParams
+    #: The official scripts train on MOS of about 0..5 (AGIQA-1k/3k as they are, AIGCIQA2023 divided by 20 by
+    #: hand) against levels mapped onto [0, 5]: every dataset's training labels are put on AGIQA-3k's scale.
+    label_scale: ClassVar[LabelScale] = AGIQA3K_SCALE
     runtime_params: ClassVar[tuple[str, ...]] = ("eval_batch_size",)
 
     def __init__(self, spec, config=None, context=None, *, name=None):

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Sequence
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.clip import clip_weights
+from agiqa_bench.labels import AGIQA3K_SCALE, LabelMap, LabelScale
 from agiqa_bench.method import MethodSpec
 from agiqa_bench.params import from_config, param
 from agiqa_bench.records import Item
@@ -115,6 +116,9 @@ class IPIQAMethod(TorchRegressor):
     #: grouping); scores at the default weight_decay = 0 are unchanged, but the hash says which code made them.
     version: ClassVar[str] = "2"
     params: ClassVar[type] = IPIQAParams
+    #: The reference trains on AGIQA-1k/3k MOS as they are (0..5, mean 2.5): every dataset's training labels are
+    #: put on that scale (`agiqa_bench.labels`), so the head's initialisation and learning rates fit any dataset.
+    label_scale: ClassVar[LabelScale] = AGIQA3K_SCALE
 
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
@@ -192,7 +196,9 @@ class IPIQAMethod(TorchRegressor):
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": "agiqa-bench/ipiqa@1", "config": self.model.config.to_dict(),
                    "targets": list(self.targets), "method": self.name,
-                   "params": self.config, "state_dict": self.model.state_dict()}
+                   "params": self.config, "state_dict": self.model.state_dict(),
+                   # how the training labels were scaled: `score` maps outputs back to the dataset's MOS units
+                   "label_map": self.label_map.to_dict() if self.label_map is not None else None}
         from agiqa_bench.outputs import atomic_write
 
         # a run killed mid-save leaves the previous checkpoint (or none), never a truncated one
@@ -200,7 +206,8 @@ class IPIQAMethod(TorchRegressor):
 
 
 def load_checkpoint(path: str | Path):
-    """(model, targets) from a checkpoint written by `IPIQAMethod.save`; no download needed."""
+    """(model, targets, config, label_map) from a checkpoint written by `IPIQAMethod.save`; no download needed.
+    `label_map` (None in checkpoints older than label scaling) maps the model's outputs to MOS units."""
     import torch
 
     from ipiqa.model import IPIQA, IPIQAConfig
@@ -219,4 +226,5 @@ def load_checkpoint(path: str | Path):
     model = IPIQA(config)
     model.load_state_dict(payload["state_dict"])
     model.eval()
-    return model, payload["targets"], payload["config"]
+    label_map = payload.get("label_map")
+    return model, payload["targets"], payload["config"], LabelMap.from_dict(label_map) if label_map else None

@@ -40,7 +40,7 @@ def score_pairs(checkpoint: str | Path, pairs: Sequence[tuple[Path, str]], devic
 
     if not pairs:
         raise ConfigError("nothing to score: give image files (with --prompt) or --csv FILE")
-    model, targets, config = load_checkpoint(checkpoint)
+    model, targets, config, label_map = load_checkpoint(checkpoint)
     if model.prompt is not None and any(not p for _, p in pairs):
         raise ConfigError("this checkpoint scores images against their prompts: give --prompt or a prompt column")
     model.to(device)
@@ -52,7 +52,8 @@ def score_pairs(checkpoint: str | Path, pairs: Sequence[tuple[Path, str]], devic
         args = [model.tokenize([t for _, t in chunk]).to(device)] if model.prompt is not None else []
         with torch.no_grad():
             pred = model(normalise(images.to(device)), *args).float().cpu().numpy().reshape(len(chunk), -1)
-        rows.extend(np.asarray(pred, dtype=float).tolist())
+        pred = np.asarray(pred, dtype=float)
+        rows.extend((label_map.inverse(pred) if label_map is not None else pred).tolist())
     frame = pd.DataFrame(rows, columns=list(targets))
     frame.insert(0, "prompt", [t for _, t in pairs])
     frame.insert(0, "image", [str(p) for p, _ in pairs])

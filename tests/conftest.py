@@ -46,3 +46,28 @@ def _fresh_registry():
     from agiqa_bench import registry
 
     registry.refresh()
+
+
+@pytest.fixture(scope="module")
+def contract_data(tiny_agiqa3k_shared):
+    """The tiny AGIQA-3k-layout set and one grouped split: what the registry-wide contract tests run on."""
+    from agiqa_bench.datasets import load_dataset
+    from agiqa_bench.splits import make_splits
+
+    ds = load_dataset("agiqa3k", tiny_agiqa3k_shared)
+    split = make_splits(ds, "grouped", repeats=1, seed=1)[0]
+    return ds, split
+
+
+@pytest.fixture(scope="module")
+def image2prompt_ckpt(tmp_path_factory):
+    """A tiny Image2Prompt checkpoint (random visual weights) for the variants that need one."""
+    import torch
+
+    from agiqa_bench.clip import load_clip
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("i2p") / "tiny-i2p.pt"
+    visual = load_clip("agiqa-tiny-rn", "").visual.state_dict()
+    torch.save({"format": "agiqa-bench/image2prompt@1", "clip_model": "agiqa-tiny-rn", "visual": visual}, path)
+    return path

@@ -160,7 +160,7 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
     oracle.set_oracle(test)
     oracle.fit(ds.subset(split.train), ds.subset(split.val), ds.targets)
     assert 0 <= oracle.info["best_epoch"] < 3
-    model, targets, _ = load_checkpoint(oracle.info["checkpoint"])
+    model, targets, _, _ = load_checkpoint(oracle.info["checkpoint"])
     assert targets == list(ds.targets)
     from agiqa_bench.training import predict_batches
     from agiqa_bench.batches import ImageBank

@@ -159,27 +159,6 @@ def test_entry_point_plugins_are_picked_up(monkeypatch):
     assert "toy" not in list_methods()
 
 
-@pytest.fixture(scope="module")
-def contract_data(tiny_agiqa3k_shared):
-    ds = load_dataset("agiqa3k", tiny_agiqa3k_shared)
-    split = make_splits(ds, "grouped", repeats=1, seed=1)[0]
-    return ds, split
-
-
-@pytest.fixture(scope="module")
-def image2prompt_ckpt(tmp_path_factory):
-    """A tiny Image2Prompt checkpoint (random visual weights) for the variants that need one."""
-    import torch
-
-    from agiqa_bench.clip import load_clip
-
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("i2p") / "tiny-i2p.pt"
-    visual = load_clip("agiqa-tiny-rn", "").visual.state_dict()
-    torch.save({"format": "agiqa-bench/image2prompt@1", "clip_model": "agiqa-tiny-rn", "visual": visual}, path)
-    return path
-
-
 @pytest.mark.parametrize("name", list_methods())
 def test_method_contract(name, contract_data, image2prompt_ckpt, tmp_path):
     """Build, fit on a tiny dataset, predict: right shape, finite, deterministic."""
