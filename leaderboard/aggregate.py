@@ -1,13 +1,21 @@
-"""Aggregate stored rows over repeats: mean, std, median and count per method and target."""
+"""Aggregate stored rows over repeats: mean, std, median and count per method and target.
+
+`shared_repeats` restricts a block's rows to the splits every compared method has finished, so that the
+paper-layout tables compare methods on the same repeats (a method whose job failed, or that was run with
+fewer repeats, would otherwise be averaged over other splits than its neighbours).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
 
 METRIC_COLUMNS = ("srcc", "plcc", "krcc", "plcc_logistic", "rmse")
 GROUP_COLUMNS = ["dataset", "data_hash", "split_protocol", "split_family", "target", "method", "config_hash"]
+#: What the paper tables compare within: one dataset's labels, one split family, one target.
+BLOCK_COLUMNS = ["dataset", "data_hash", "split_family", "target"]
 
 
 def _loads(text: str) -> dict:
@@ -98,3 +106,41 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
             row[f"{metric}_n_nan"] = int(values.isna().sum())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def split_set_hash(split_hashes) -> str:
+    """A short hash naming a set of splits (by their split hashes, order-free)."""
+    return hashlib.sha256(",".join(sorted(split_hashes)).encode()).hexdigest()[:12]
+
+
+def shared_repeats(ok: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The finished rows restricted, per block, to the splits that every method configuration of the block has.
+
+    Returns (rows, facts): `facts` has one line per (block, method configuration) with `n_stored` (its
+    finished repeats), `n_block` (repeats any configuration of the block has), `n_shared` (repeats shared by
+    all) and `split_set` (`split_set_hash` of the shared splits).  A block whose configurations share no
+    split at all keeps every row (`n_shared` 0): its table then says the rows are not comparable.
+    """
+    keys = ["method", "config_hash"]
+    kept, facts = [], []
+    for block, part in ok.groupby(BLOCK_COLUMNS, sort=False):
+        per_config = {k: set(rows["split_hash"]) for k, rows in part.groupby(keys, sort=False)}
+        union = set().union(*per_config.values())
+        shared = set.intersection(*per_config.values())
+        kept.append(part[part["split_hash"].isin(shared)] if shared else part)
+        for (method, chash), hashes in per_config.items():
+            facts.append({**dict(zip(BLOCK_COLUMNS, block)), "method": method, "config_hash": chash,
+                          "n_stored": len(hashes), "n_block": len(union), "n_shared": len(shared),
+                          "split_set": split_set_hash(shared) if shared else ""})
+    rows = pd.concat(kept) if kept else ok.iloc[0:0]
+    return rows, pd.DataFrame(facts, columns=BLOCK_COLUMNS + keys + ["n_stored", "n_block", "n_shared", "split_set"])
+
+
+def summarize_shared(frame: pd.DataFrame) -> pd.DataFrame:
+    """`summarize` over the repeats each block's methods share (`shared_repeats`), with its facts as columns."""
+    ok = frame[frame["status"] == "ok"]
+    rows, facts = shared_repeats(ok)
+    summary = summarize(rows)
+    if summary.empty:
+        return summary
+    return summary.merge(facts, on=BLOCK_COLUMNS + ["method", "config_hash"], how="left")

@@ -86,7 +86,7 @@ def within_srcc(block: pd.DataFrame, preds: pd.DataFrame, attribute: str) -> dic
 
 def breakdown_table(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, title: str):
     """A `Table`: rows methods, columns the attribute's values, cells the within-value SRCC (None: no data)."""
-    from leaderboard.tables import Cell, Table, _emphasis, _fmt
+    from leaderboard.tables import Cell, Table, _emphasis, _fmt, _mark_lacking, lacking, repeats_note
 
     table_data = within_srcc(block, preds, attribute)
     if not table_data:
@@ -102,6 +102,8 @@ def breakdown_table(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, ti
         columns.append(cells)
     for i, lab in enumerate(labels):
         table.rows.append([Cell(lab), *(col[i] for col in columns)])
+    _mark_lacking(table, lacking(block))
     table.caption = (f"Spearman correlation between predictions and MOS among the test items of each {attribute} "
-                     f"(within each repeat, at least {MIN_ITEMS} items; mean over repeats). Bold: best per column.")
+                     f"(within each repeat, at least {MIN_ITEMS} items; mean over repeats). {repeats_note([('', block)])}"
+                     "Bold: best per column.")
     return table

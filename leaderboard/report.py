@@ -10,7 +10,15 @@ See `leaderboard.statistics` for the procedures.
 
 Renderers: `to_markdown`, `to_html` (one self-contained file, figures inlined),
 `to_csv` (one row per summary line, every statistic), `to_json` (summary,
-comparisons and provenance).  Every number carries the store row ids it was
+comparisons and provenance).
+
+The paper-layout tables (1, 2, 3, cross-dataset, breakdowns) and their
+significance marks are computed over the repeats that every compared line of a
+block shares (`leaderboard.aggregate.shared_repeats`): a method whose job
+failed in one repeat, or that was run with fewer repeats, makes the whole block
+shown over the shared ones, and its caption says so, with the number of
+repeats and the split-set hash.  The detail tables keep each method's own
+repeats (their `n` column).  Every number carries the store row ids it was
 computed from (`result_ids`), the split hashes and the configuration hash.
 """
 
@@ -27,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leaderboard.aggregate import summarize
+from leaderboard.aggregate import summarize, summarize_shared
 from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
 from leaderboard.tables import (
     Table,
@@ -58,20 +66,22 @@ class Report:
     figures: list[tuple[str, Path]] = field(default_factory=list)
     #: Item attributes the results are broken down by in tables (`report --by`); figures use them too.
     by: tuple[str, ...] = ()
+    #: Like `summary`, over the repeats every line of a block shares: what the paper-layout tables show.
+    shared: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- tables --------------------------------------------------------------------
     def tables(self) -> list[Table]:
-        if self.summary.empty:
+        if self.shared.empty:
             return []
         tail = TEST_NOTE.format(alpha=self.alpha)
-        within = self.summary[~is_cross(self.summary)]  # the paper's tables: train and test on one dataset
+        within = self.shared[~is_cross(self.shared)]  # the paper's tables: train and test on one dataset
         out = [t for t in (perceptual_table(within, tail), alignment_table(within, tail)) if t] if not within.empty else []
         for (dataset, _), part in within.groupby(["dataset", "data_hash"], sort=True):
             family = main_family(part)
             ablation = ablation_table(within, dataset, family) if family else None
             if ablation:
                 out.append(ablation)
-        cross = cross_table(self.summary)
+        cross = cross_table(self.shared)
         return out + ([cross] if cross else [])
 
     def breakdown_tables(self) -> list[Table]:
@@ -79,9 +89,9 @@ class Report:
         from leaderboard.breakdown import breakdown_table
 
         out = []
-        if self.summary.empty or not self.by:
+        if self.shared.empty or not self.by:
             return out
-        for (dataset, _, family, target), part in self.summary.groupby(BLOCK, sort=True):
+        for (dataset, _, family, target), part in self.shared.groupby(BLOCK, sort=True):
             for attribute in self.by:
                 table = breakdown_table(part, self.predictions, attribute, f"{dataset} / {target} ({family.split()[0]})")
                 if table:
@@ -164,6 +174,8 @@ class Report:
             "bootstrap": {"replicates": self.n_boot, "seed": self.seed, "unit": "prompt group within each split"},
             "alpha": self.alpha,
             "summary": json.loads(self.summary.to_json(orient="records")),
+            # what the paper-layout tables show: each block over the repeats all of its lines share
+            "shared_summary": json.loads(self.shared.to_json(orient="records")),
             "comparisons": [c.as_dict() for c in self.comparisons],
             "provenance": self.provenance(),
             "failures": self._failures(),
@@ -341,8 +353,11 @@ def build_report(folder: str | Path = "runs", *, n_boot: int = 1000, seed: int =
     preds = preds[preds["result_id"].isin(ok["id"])]
     summary = _intervals(summary, preds, n_boot, seed)
     summary, comparisons = _comparisons(summary, ok, alpha)
+    shared = summarize_shared(frame)
+    shared = _intervals(shared, preds, n_boot, seed)
+    shared, _ = _comparisons(shared, ok, alpha)
     if by:
         from leaderboard.breakdown import check_attributes
 
         check_attributes(preds, list(by))
-    return Report(folder, frame, summary, comparisons, preds, n_boot, seed, alpha, by=tuple(by))
+    return Report(folder, frame, summary, comparisons, preds, n_boot, seed, alpha, by=tuple(by), shared=shared)

@@ -29,6 +29,8 @@ FAMILY_ORDER = (("handcrafted", "Handcrafted"), ("svr", "SVR-based"), ("deep", "
 #: The perceptual target of each dataset (AGIQA-1k has one coupled MOS).
 PERCEPTUAL_TARGET = {"agiqa1k": "overall", "agiqa3k": "quality", "aigciqa2023": "quality", "aigiqa20k": "overall"}
 TIED = "≈"
+#: Marks a row that lacks some of the repeats other rows of its column have (failed or not run).
+LACKING = "†"
 
 
 @dataclass
@@ -158,6 +160,48 @@ def selection_text(part: pd.DataFrame) -> str:
     return "Model selection of deep models: " + "; ".join(words.get(m, m) for m in sorted(modes)) + "."
 
 
+def lacking(part: pd.DataFrame) -> set[str]:
+    """Labels of the lines that lack repeats other lines of their block have (`shared_repeats` facts)."""
+    if part.empty or "n_stored" not in part:
+        return set()
+    return set(part.loc[part["n_stored"] < part["n_block"], "label"])
+
+
+def repeats_note(parts: list[tuple[str, pd.DataFrame]]) -> str:
+    """The caption sentence on repeats: how many every row of each column shares, the split-set hash, and what
+    the † mark means where some row lacks repeats."""
+    texts, marked = [], False
+    for title, part in parts:
+        if part.empty or "n_shared" not in part:
+            continue
+        n = int(part["n_shared"].max())
+        where = f"{title}: " if len(parts) > 1 else ""
+        if n == 0:
+            texts.append(f"{where}no repeat is shared by every row, so each row is a mean over its own repeats and "
+                         f"the rows are NOT comparable")
+            continue
+        text = f"{where}{n} repeat{'s' if n != 1 else ''} shared by every row (split set {part['split_set'].iloc[0]})"
+        short = part[part["n_stored"] < part["n_block"]]
+        if not short.empty:
+            marked = True
+            text += (f", of {int(part['n_block'].max())} run; {LACKING} "
+                     + ", ".join(f"{r.label} has {int(r.n_stored)}" for r in short.drop_duplicates("label").itertuples()))
+        texts.append(text)
+    if not texts:
+        return ""
+    out = "Repeats: " + "; ".join(texts) + ". "
+    if marked:
+        out += (f"{LACKING}: lacks repeats that other rows have (failed or not run); every row of the column is "
+                "shown over the shared repeats only. ")
+    return out
+
+
+def _mark_lacking(table: "Table", labels: set[str]) -> None:
+    for row in table.rows:
+        if row and row[0].text in labels:
+            row[0].text += f" {LACKING}"
+
+
 def _mark(row: pd.Series) -> str:
     return f" {TIED}" if bool(row.get("tied_with_best", False)) else ""
 
@@ -199,8 +243,10 @@ def perceptual_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | N
             for lab, cell in zip(order, cells):
                 grid[lab].append(cell)
     _rows_by_family(table, order, labels, grid)
+    _mark_lacking(table, set().union(*(lacking(part) for part in blocks.values())))
     protocols = "; ".join(f"{d}: {fam}" for d, _, fam in columns)
-    table.caption = (f"Mean over repeats on the test parts. {size_note(blocks)}Splits: {protocols}. "
+    repeats = repeats_note([(f"{d} ({t})", blocks[(d, t, f)]) for d, t, f in columns])
+    table.caption = (f"Mean over repeats on the test parts. {repeats}{size_note(blocks)}Splits: {protocols}. "
                      f"{selection_text(pd.concat(blocks.values()))} PLCC on raw scores (logistic-fitted PLCC in the "
                      f"detail tables and CSV/JSON). Bold: best; underlined: second ([test-oracle] rows are not ranked). "
                      + caption_tail)
@@ -252,7 +298,9 @@ def alignment_table(summary: pd.DataFrame, caption_tail: str = "") -> Table | No
             for line, c in zip(block, cells):
                 line.append(c)
         table.rows.extend(block)
-    table.caption = (f"Mean over repeats (one value for all-images). {selection_text(part)} PLCC on raw scores. "
+    _mark_lacking(table, set().union(*(lacking(rows) for _, rows in sections)))
+    repeats = repeats_note([(title.split(" (")[0], rows) for title, rows in sections])
+    table.caption = (f"Mean over repeats (one value for all-images). {repeats}{selection_text(part)} PLCC on raw scores. "
                      "Bold: best; underlined: second, within each section. " + caption_tail)
     return table
 
@@ -299,7 +347,10 @@ def ablation_table(summary: pd.DataFrame, dataset: str, family: str) -> Table | 
             for line, c in zip(lines, cells):
                 line.append(c)
     table.rows = lines
-    table.caption = f"Splits: {family}. Mean over repeats. {selection_text(part)} Bold: best; underlined: second."
+    _mark_lacking(table, lacking(part))
+    repeats = repeats_note([(t, part[part["target"] == t]) for t in targets])
+    table.caption = (f"Splits: {family}. Mean over repeats. {repeats}{selection_text(part)} Bold: best; "
+                     "underlined: second.")
     return table
 
 
@@ -375,9 +426,14 @@ def cross_table(summary: pd.DataFrame) -> Table | None:
             for lab, cell in zip(order, cells):
                 grid[lab].append(cell)
     _rows_by_family(table, order, families, grid)
+    _mark_lacking(table, lacking(part))
+    repeats = repeats_note([(f"{tr} → {te} ({t})", part[(part["train_dataset"] == tr) & (part["dataset"] == te)
+                                                         & (part["target"] == t) & (part["data_hash"] == h)])
+                            for tr, te, t, h in pairs])
     maps = sorted({r.split_family for r in part.itertuples()})
     table.caption = ("Trainable methods fitted on the training dataset (model selection on a held-out part of its "
                      "prompt groups, varied per repeat) and tested on every image of the test dataset; zero-shot "
                      "methods scored once on the test dataset. Mean over repeats, [95% prompt-cluster bootstrap "
-                     f"interval]. PLCC on raw scores. Bold: best; underlined: second. Protocols: {'; '.join(maps)}.")
+                     f"interval]. {repeats}PLCC on raw scores. Bold: best; underlined: second. "
+                     f"Protocols: {'; '.join(maps)}.")
     return table

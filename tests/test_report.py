@@ -126,3 +126,39 @@ def test_old_stores_gain_the_group_columns(tmp_path):
     con.close()
     with ResultStore(folder) as store:
         assert {"item_group", "generator"} <= set(store.predictions().columns)
+
+
+def test_paper_tables_compare_methods_on_the_repeats_they_share(tiny_agiqa3k, tmp_path, monkeypatch):
+    """cpbd with 3 repeats and twin with 2 in one store: Table 1 shows both over the 2 shared repeats, marks the
+    row that lacks one, and its caption states the count and the split-set hash; the detail table keeps n = 3."""
+    from leaderboard.aggregate import split_set_hash
+
+    register(monkeypatch, BRIGHTNESS, TWIN)
+    out = tmp_path / "runs"
+    run_benchmark(["cpbd"], "agiqa3k", data_root=tiny_agiqa3k, repeats=3, out=out)
+    run_benchmark(["twin"], "agiqa3k", data_root=tiny_agiqa3k, repeats=2, out=out)
+    rows = read_results(out)
+    report = build_report(out, n_boot=50)
+    full = report.summary[report.summary["target"] == "quality"].set_index("method")
+    shared = report.shared[report.shared["target"] == "quality"].set_index("method")
+    assert full.loc["cpbd", "n"] == 3 and full.loc["twin", "n"] == 2
+    assert set(shared["n"]) == {2}
+    cpbd = rows[(rows["method"] == "cpbd") & (rows["target"] == "quality")]
+    assert shared.loc["cpbd", "srcc_mean"] == pytest.approx(cpbd[cpbd["repeat"] < 2]["srcc"].mean())
+    assert full.loc["cpbd", "srcc_mean"] == pytest.approx(cpbd["srcc"].mean())
+    assert shared.loc["cpbd", "srcc_mean"] != pytest.approx(full.loc["cpbd", "srcc_mean"])
+    hashes = cpbd[cpbd["repeat"] < 2]["split_hash"]
+    table1 = next(t for t in report.tables() if t.key == "table1")
+    assert f"2 repeats shared by every row (split set {split_set_hash(hashes)})" in table1.caption
+    assert "twin has 2" in table1.caption
+    labels = [row[0].text for row in table1.rows]
+    assert "twin †" in labels and "cpbd" in labels
+    cells = {row[0].text: row[1].text for row in table1.rows}
+    assert cells["cpbd"].startswith(f"{shared.loc['cpbd', 'srcc_mean']:.4f}")
+    details = [t for t in report.detail_tables() if "quality" in t.title]
+    assert any(row[1].text == "3" for t in details for row in t.rows)
+    # a failed repeat counts the same as a missing one: make twin's repeat 1 an error row
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute("UPDATE results SET status='error', srcc=NULL WHERE method='twin' AND repeat=1")
+    again = build_report(out, n_boot=50).shared
+    assert set(again[again["target"] == "quality"]["n"]) == {1}
