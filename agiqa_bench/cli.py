@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -115,6 +116,7 @@ def run(
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups), ipiqa-reference (the IP-IQA code's folds) or all-images (zero-shot methods on every image, no split: the AGIQA-3k paper's protocol for alignment metrics)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
+    splits: Optional[Path] = typer.Option(None, "--splits", help="Folds from a file instead of a protocol: a `splits export` JSON, or a folder of per-fold CSV lists of image names (e.g. a paper's train.csv/test.csv per fold). Rows are labelled with the file's hash."),
     train_dataset: Optional[str] = typer.Option(None, "--train-dataset", help="Cross-dataset run: fit on this dataset, test on every image of --dataset."),
     train_data_root: Optional[Path] = typer.Option(None, "--train-data-root", help="Folder of the --train-dataset (or set AGIQA_BENCH_DATA)."),
     train_dataset_opt: Optional[List[str]] = typer.Option(None, "--train-dataset-opt", help="Option key=value of the --train-dataset (repeatable), e.g. seed=1 for synthetic."),
@@ -143,10 +145,13 @@ def run(
         train_dataset=train_dataset, train_data_root=train_data_root,
         train_dataset_options=_dataset_options(train_dataset_opt, None, drop_missing=drop_missing,
                                                allow_outside_root=allow_outside_root, drop_bad_images=drop_bad_images))
+    if splits is not None and (split_protocol != "grouped" or seed is not None):
+        raise ConfigError("--splits gives the folds; --split-protocol and --seed choose a protocol's folds: use one or the other")
     _plan_and_execute(
         _split_list(methods) or None, dataset=dataset, data_root=data_root, dataset_options=options,
         targets=_split_list(target) or None, repeats=repeats, allow_many_repeats=allow_many_repeats,
         split_protocol=split_protocol, seed=seed, val_fraction=val_fraction, overrides=parse_overrides(set_ or []),
+        splits_file=splits,
         out=out, device=device, force=force, keep_checkpoints=keep_checkpoints, target_map=parse_target_map(target_map),
         executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job), **cross,
     )
@@ -171,11 +176,13 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
     progress bars, summarise, exit 1 on failures."""
     from agiqa_bench.runner import execute, plan_run
 
+    from agiqa_bench.folds import describe
+
     plan = plan_run(methods, **planning)
     console.print(
-        f"[bold]{plan.dataset.name}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
-        f"targets {', '.join(plan.dataset.targets)}; {len(plan.splits)} {plan.splits.protocol} splits "
-        f"(hash {plan.splits.hash}); methods: {', '.join(m.name for m in plan.methods)}"
+        f"[bold]{escape(plan.dataset.name)}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
+        f"targets {', '.join(plan.dataset.targets)}; {escape(describe(plan.splits))}; "
+        f"methods: {', '.join(m.name for m in plan.methods)}"
     )
     from agiqa_bench.cli_progress import execute_with_progress, print_summary
 
@@ -469,6 +476,50 @@ def splits_export(
     splits.save(output)
     sizes = ", ".join(str(len(s.test)) for s in splits.splits)
     console.print(f"{len(splits)} {protocol} splits of {ds.name} (hash {splits.hash}); test sizes {sizes}; written to {output}")
+
+
+@splits_app.command("audit")
+@friendly
+def splits_audit(
+    file: Optional[Path] = typer.Argument(None, help="A split file (`splits export` JSON, or a folder of per-fold CSV lists). Without it: the --protocol's own splits."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file (images not needed)."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value."),
+    protocol: str = typer.Option("grouped", "--protocol", help="Without FILE: the protocol to audit (grouped or ipiqa-reference)."),
+    repeats: int = typer.Option(10, "--repeats", "-r", help="Without FILE: number of splits."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Without FILE: base seed of the splits."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for validation (where the file names none)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of folds instead of a table."),
+):
+    """Per fold: train/val/test sizes, and how many test groups and exact test prompts also occur in train/val."""
+    import json
+
+    from agiqa_bench.datasets import load_dataset
+    from agiqa_bench.folds import audit, describe, load_splits
+    from agiqa_bench.splits import make_splits
+
+    options = _dataset_options(dataset_opt, None)
+    options["check_images"] = False
+    ds = load_dataset(dataset, data_root, **options)
+    if not ds.targets:
+        raise ConfigError(f"dataset {ds.name!r} has no targets (unlabelled, for scoring only): it has no splits to audit")
+    splits = load_splits(file, ds, val_fraction) if file is not None else make_splits(ds, protocol, repeats, seed, val_fraction)
+    folds = audit(splits, ds)
+    if as_json:
+        print(json.dumps(folds, indent=1))
+        return
+    table = Table(title=f"{ds.name}: {describe(splits)}", title_justify="left")
+    columns = [("fold", "fold"), ("n_train", "train"), ("n_val", "val"), ("n_test", "test"),
+               ("test_groups", "test groups"), ("shared_groups", "shared groups"), ("test_prompts", "test prompts"),
+               ("shared_prompts", "shared prompts"), ("test_images_with_shared_prompt", "test images w/ shared prompt")]
+    for _, title in columns:
+        table.add_column(title, justify="right")
+    for fold in folds:
+        table.add_row(*(str(fold[key]) for key, _ in columns))
+    console.print(table)
+    leaky = sum(1 for f in folds if f["shared_groups"] or f["shared_prompts"])
+    console.print(f"{leaky} of {len(folds)} folds share test groups or prompts with train/val"
+                  + (": numbers on them are optimistic (not prompt-grouped)." if leaky else "."), highlight=False)
 
 
 synth_app = typer.Typer(help="Synthetic data: a SynthAGIQA benchmark set, or a caption corpus for pretraining.")

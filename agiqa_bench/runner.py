@@ -235,12 +235,14 @@ def plan_run(
     train_data_root: str | Path | None = None,
     train_dataset_options: dict[str, Any] | None = None,
     target_map: dict[str, str] | None = None,
+    splits_file: str | Path | None = None,
 ) -> Plan:
     """Load the dataset, resolve methods and targets, make the splits; raise on any misfit.
 
     With `train_dataset`, a cross-dataset run (`agiqa_bench.crossdata`): methods fit on `train_dataset` and
     are tested on every image of `dataset`; `target_map` ({test target: training target}) pairs targets
-    whose names differ.
+    whose names differ.  With `splits_file`, the folds come from that file (`agiqa_bench.folds`: a `splits
+    export` JSON or per-fold CSV lists) instead of `split_protocol`, `repeats` and `seed`.
     """
     if repeats < 1 or (repeats > MAX_REPEATS and not allow_many_repeats):
         raise ConfigError(f"--repeats must be between 1 and {MAX_REPEATS} (papers use 10; each repeat is a split "
@@ -249,6 +251,9 @@ def plan_run(
     if not ds.targets:
         raise ConfigError(f"dataset {ds.name!r} has no targets (unlabelled, for scoring only): it cannot be benchmarked")
     cross, train_ds = None, None
+    if train_dataset is not None and splits_file is not None:
+        raise ConfigError("--splits gives the folds of one dataset; a cross-dataset run (--train-dataset) tests on "
+                          "every image of --dataset: use one or the other")
     if train_dataset is not None:
         from agiqa_bench import crossdata
 
@@ -282,7 +287,7 @@ def plan_run(
         tgts = tuple(t for t in wanted if spec.supports(t))
         if not tgts:
             raise ConfigError(f"method {name!r} supports targets {spec.targets}, none of {wanted}")
-        if split_protocol == "all-images" and spec.kind != "zero-shot":
+        if split_protocol == "all-images" and spec.kind != "zero-shot" and splits_file is None:
             raise ConfigError(
                 f"split protocol 'all-images' scores every image with no training part (the AGIQA-3k paper's protocol "
                 f"for zero-shot alignment metrics); {name!r} is trainable and needs a split: use --split-protocol grouped"
@@ -295,6 +300,10 @@ def plan_run(
 
         splits = cross_splits(ds, repeats, 0 if seed is None else seed, val_fraction,
                               train_name=cross["train_dataset"], train_hash=cross["train_data_hash"])
+    elif splits_file is not None:
+        from agiqa_bench.folds import load_splits
+
+        splits = load_splits(splits_file, ds, val_fraction)
     else:
         splits = make_splits(ds, split_protocol, repeats, seed, val_fraction)
     source = None
