@@ -35,10 +35,12 @@ import csv
 import hashlib
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from agiqa_bench.datasets._common import DataWarning
 from agiqa_bench.errors import ConfigError, DataError
 from agiqa_bench.records import Dataset
 from agiqa_bench.splits import PROTOCOLS, Split, SplitSet, _carve_val, make_splits
@@ -97,9 +99,13 @@ def load_splits(path: str | Path, dataset: Dataset, val_fraction: float = 0.1) -
         test = set(parts["test"])
         for name in ("train", "val"):
             overlap = [i for i in parts.get(name, ()) if i in test]
-            if overlap:
+            if len(overlap) > max(1, len(test) // 20):
                 raise DataError(f"{fold[name]}: {len(overlap)} image(s) are also in the test list {fold['test']} "
                                 f"(first: {overlap[0]}); a fold's parts must be disjoint")
+            if overlap:  # e.g. a name listed twice in a label file, once per side (IPCE's AGIQA-1k folds)
+                warnings.warn(DataWarning(f"{fold[name]}: {', '.join(overlap)} also in the test list "
+                                          f"{fold['test'].name}: kept in the test part only"), stacklevel=2)
+                parts[name] = [i for i in parts[name] if i not in test]
         if "val" in parts:
             train, val = parts["train"], parts["val"]
         else:

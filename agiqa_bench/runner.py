@@ -486,7 +486,10 @@ def execute(
 
     out = Path(out)
     ds, splits = plan.dataset, plan.splits
-    resolve_device(device)  # a bad --device fails here, before any work; workers resolve it for themselves
+    # a bad --device fails here, before any work; workers resolve it for themselves.  A Ray cluster's GPUs may be
+    # on other nodes than the driver's, so only the local executors check that CUDA is usable here.
+    ray = executor == "ray" or getattr(executor, "name", "") == "ray" or bool(ray_address)
+    resolve_device(device, check=not ray)
     emit = on_event or (lambda kind, payload: None)
     summary = RunSummary(out)
     with RunLock(out, wait=wait_for_lock), ResultStore(out) as store:

@@ -271,3 +271,18 @@ def test_a_16_bit_png_dataset_runs(tmp_path):
                     "--dataset-opt", "prompt_col=text", "--dataset-opt", "targets=quality=q", "--images", root / "pics",
                     "--repeats", "1", "--out", tmp_path / "runs")
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("device, needle", [("cuda", "no usable CUDA device"), ("cuda:3", "no usable CUDA device"),
+                                            ("cuda:abc", "cuda:N (N a GPU index)"), ("gpu", "--device must be")])
+def test_a_device_this_machine_lacks_is_refused_while_planning(device, needle, tmp_path):
+    """Without a usable GPU, `--device cuda` is one line and exit 2 before any work: nothing is stored."""
+    import torch
+
+    if torch.cuda.is_available() and needle == "no usable CUDA device" and device == "cuda":
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "runs"
+    result = invoke("run", "--methods", "cpbd", "--repeats", "1", "--device", device, "--out", out,
+                    "--executor", "serial")
+    one_line_error(result, needle)
+    assert not (out / "results.sqlite").exists()

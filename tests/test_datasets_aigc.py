@@ -83,12 +83,14 @@ def write_official(root, numbers, *, sheet_in_data=True, std=True, images=True):
     return root
 
 
-def write_csv(root, numbers, *, image_dir="Images", images=True, generator_col=False):
+def write_csv(root, numbers, *, image_dir="Images", images=True, generator_col=False, quoted=False):
     sheet = sheet_rows()
     rows = []
     for i in range(N):
         p = sheet[aigciqa2023.prompt_index_of(i)]
-        row = {"name": f"{i}.png", "prompt": p["prompt"], "style": p["Style"], "class": p["Object"],
+        # a circulating copy wraps every prompt in literal quotes, and some end in a space
+        prompt = f'"{p["prompt"]}' + ("  " if i % 7 == 0 else "") + '"' if quoted else p["prompt"]
+        row = {"name": f"{i}.png", "prompt": prompt, "style": p["Style"], "class": p["Object"],
                "quality_mos": numbers["quality"][i], "authenticity_mos": numbers["authenticity"][i],
                "correspondence_mos": numbers["alignment"][i], "quality_std": numbers["std_quality"][i],
                "authenticity_std": numbers["std_authenticity"][i], "correspondence_std": numbers["std_alignment"][i]}
@@ -152,6 +154,16 @@ def test_csv_layout_gives_the_same_items_as_the_official_one(aigc_official, aigc
     assert strip(converted) == strip(official)
     keys = ("style", "class", "prompt_index", "std_quality", "std_authenticity", "std_alignment")
     assert [[it.meta[k] for k in keys] for it in converted] == [[it.meta[k] for k in keys] for it in official]
+
+
+def test_a_copy_with_quoted_prompts_and_trailing_spaces_gives_the_same_prompts(tmp_path, aigc_official, aigc_numbers):
+    """The prompt feeds every prompt-aware method and the grouping: every layout gives identical text."""
+    official = load_dataset("aigciqa2023", aigc_official)
+    quoted = load_dataset("aigciqa2023", write_csv(tmp_path / "quoted", aigc_numbers, quoted=True))
+    raw = (tmp_path / "quoted" / aigciqa2023.CSV_FILE).read_text()
+    assert '"a picture, number 0  ""' in raw  # the quotes and the spaces are really in the file
+    assert [it.prompt for it in quoted] == [it.prompt for it in official]
+    assert [it.group for it in quoted] == [it.group for it in official]
 
 
 def test_csv_layout_images_beside_it_a_generator_column_and_row_order(tmp_path, aigc_numbers):

@@ -135,7 +135,7 @@ def test_bad_fold_files_are_one_line_errors(problem, message, tmp_path):
         write_fold(folds / "1" / "test.csv", ids[5:9])
     elif problem == "overlap":
         write_fold(folds / "1" / "train.csv", ids[:10])
-        write_fold(folds / "1" / "test.csv", ids[9:20])
+        write_fold(folds / "1" / "test.csv", ids[5:20])
     done = runner.invoke(app, ["splits", "audit", str(folds), "--dataset", "agiqa1k"])
     assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output
     errors = [line for line in done.output.splitlines() if not line.startswith("warning:")]
@@ -155,3 +155,24 @@ def test_flat_numbered_files_and_a_validation_list(tmp_path):
     loaded = load_splits(tmp_path, ds)
     assert len(loaded) == 2 and loaded.params["val"] == "from the files"
     assert [len(s.val) for s in loaded.splits] == [50, 50] and [len(s.test) for s in loaded.splits] == [100, 100]
+
+
+def test_one_image_on_both_sides_is_kept_in_the_test_part_with_a_warning(tmp_path):
+    """IPCE's AGIQA-1k folds list a duplicated label-file name once per side: test keeps it, train drops it."""
+    from agiqa_bench.datasets._common import DataWarning
+
+    ds = load_dataset("agiqa1k", DATASETS / "agiqa1k", check_images=False)
+    ids = [it.id for it in ds.items]
+    write_fold(tmp_path / "1" / "train.csv", ids[:100])
+    write_fold(tmp_path / "1" / "test.csv", ids[99:140])
+    with pytest.warns(DataWarning, match="kept in the test part only"):
+        loaded = load_splits(tmp_path, ds, val_fraction=0)
+    assert ids[99] in loaded[0].test and ids[99] not in loaded[0].train and len(loaded[0].train) == 99
+
+
+def test_ipce_names_of_aigciqa2023_resolve_by_alias():
+    from agiqa_bench.datasets.aigciqa2023 import ipce_name
+
+    assert [ipce_name(i) for i in (0, 1, 4, 400, 2399)] == [
+        "Controlnet/000-1.png", "Controlnet/000-2.png", "Controlnet/001-1.png", "DALLE/000-1.png",
+        "Unidiffuser/099-4.png"]

@@ -126,6 +126,25 @@ def text(value) -> str:
     return str(value).strip()
 
 
+#: Quote pairs a copy of a label file may wrap around a whole prompt (a CSV written with literal quotes).
+_WRAPPING_QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"))
+
+
+def prompt_text(value) -> str:
+    """A prompt as every layout of a dataset must give it: whitespace runs collapsed to one space, ends
+    stripped, and quotes wrapped around the *whole* prompt removed (`"a corgi"`, and the same in three
+    pairs of quotes, give `a corgi`; `"a" and "b"` stays as it is: those quotes belong to the prompt)."""
+    out = " ".join(text(value).split())
+    for opening, closing in _WRAPPING_QUOTES:
+        lead = len(out) - len(out.lstrip(opening))
+        trail = len(out) - len(out.rstrip(closing))
+        n = min(lead, trail)
+        inner = out[n:len(out) - n] if n else out
+        if n and opening not in inner and closing not in inner:
+            return " ".join(inner.split())
+    return out
+
+
 def find_image_dir(root: Path, candidates: Iterable[str], probe: str, images: str | Path | None) -> Path:
     """The folder holding the images: --images if given, else the first candidate containing `probe`."""
     if images is not None:

@@ -71,6 +71,13 @@ def generator_of(index: int) -> str:
     return GENERATORS[index // PER_GENERATOR]
 
 
+def ipce_name(index: int) -> str:
+    """The name IPCE's fold files give image `index` (`<generator>/<prompt:03d>-<k>.png`, k = 1..4), kept as an
+    alias so `run --splits` can read those folds (pf0607/IPCE, `Database/AIGCIQA2023/<k>/`)."""
+    within = index % PER_GENERATOR
+    return f"{generator_of(index)}/{within // IMAGES_PER_PROMPT:03d}-{within % IMAGES_PER_PROMPT + 1}.png"
+
+
 def prompt_index_of(index: int) -> int:
     """The prompt (sheet row, 0-based) of image `index`: four images per prompt within each block."""
     return (index % PER_GENERATOR) // IMAGES_PER_PROMPT
@@ -139,7 +146,7 @@ def read_prompt_sheet(path: Path) -> list[dict]:
     frame = c.read_table(path, ["Style", "Object", "prompt"])
     rows = []
     for i, row in enumerate(frame.to_dict("records")):
-        prompt = c.text(row["prompt"])
+        prompt = c.prompt_text(row["prompt"])
         if not prompt:
             raise DataError(f"{c.row_label(path, i)}: empty prompt")
         rows.append({"prompt": prompt, "style": c.text(row["Style"]), "class": c.text(row["Object"])})
@@ -165,7 +172,8 @@ def read_official(root: Path) -> tuple[list[Item], Path]:
     items = []
     for i in range(N_IMAGES):
         p = prompt_index_of(i)
-        meta = {"style": sheet[p]["style"], "class": sheet[p]["class"], "prompt_index": p, "image_index": i}
+        meta = {"style": sheet[p]["style"], "class": sheet[p]["class"], "prompt_index": p, "image_index": i,
+                "aliases": (ipce_name(i),)}
         meta.update({f"std_{t}": float(v[i]) for t, v in std.items()})
         items.append(Item(id=f"{i}.png", image=Path(f"{i}.png"), prompt=sheet[p]["prompt"],
                           targets={t: float(v[i]) for t, v in mos.items()}, group=str(p),
@@ -189,13 +197,13 @@ def read_csv_layout(path: Path) -> list[Item]:
         if index in by_index:
             raise DataError(f"{c.row_label(path, i)}: image {name} is listed again (first at "
                             f"{c.row_label(path, by_index[index][0])})")
-        prompt = c.text(row["prompt"])
+        prompt = c.prompt_text(row["prompt"])
         if not prompt:
             raise DataError(f"{c.row_label(path, i)}: empty prompt")
         targets = {t: c.parse_float(row[cols[2]], path, i, cols[2]) for t, cols in TARGETS.items()}
         p = prompt_index_of(index)
         meta = {"style": c.text(row.get("style")), "class": c.text(row.get("class")), "prompt_index": p,
-                "image_index": index, "row": i + 2}
+                "image_index": index, "row": i + 2, "aliases": (ipce_name(index),)}
         meta.update({f"std_{t}": c.parse_float(row[cols[3]], path, i, cols[3])
                      for t, cols in TARGETS.items() if cols[3] in has})
         generator = c.text(row.get("generator")) or generator_of(index)
