@@ -418,6 +418,18 @@ def methods(
             for w, ok in statuses[spec.name]:
                 state = {True: "available", False: "missing", None: "unknown"}[ok]
                 console.print(f"  weights: {w.name} [{w.param}] — {state}; {w.hint}", highlight=False)
+            from agiqa_bench.registry import load_class
+
+            scale = getattr(load_class(spec), "label_scale", None) if spec.kind == "trainable" else None
+            if scale is not None:
+                console.print(f"  training labels: standardised on the training part, then put on the {scale.describe()} "
+                              f"scale; predictions mapped back to MOS units", highlight=False)
+            for dataset in sorted(set(spec.dataset_defaults) | set(spec.recipes), key=lambda d: (d == "*", d)):
+                values = ", ".join(f"{k}={v}" for k, v in spec.dataset_defaults.get(dataset, {}).items())
+                source = spec.recipes.get(dataset, "")
+                where = "other datasets" if dataset == "*" else dataset
+                console.print(f"  recipe on {where}: {values or '(the declared defaults)'}"
+                              + (f" — {source}" if source else ""), highlight=False, emoji=False)
 
 
 def _family_members(wanted, pattern: Optional[str]) -> None:

@@ -94,6 +94,9 @@ class MethodSpec:
     #: Per-dataset parameter defaults, applied before variant and user overrides
     #: (e.g. the tiny offline backbone on `synthetic`); recorded with every result.
     dataset_defaults: dict[str, dict] = field(default_factory=dict)
+    #: Where each dataset default comes from (dataset -> the official script or recipe it follows), shown by
+    #: `agiqa-bench methods NAME --details`; "*" names the recipe of every other dataset.
+    recipes: dict[str, str] = field(default_factory=dict)
     #: Ablation study (the paper's Table 3): "module:function" mapping a resolved configuration to
     #: {component label: switched on?}, and the variants `agiqa-bench ablate` runs, by study name
     #: ("default"; "image2prompt" when a pretraining checkpoint is given).

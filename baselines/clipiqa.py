@@ -124,6 +124,8 @@ SPECS = [
         joint_targets=True,
         weights=(clip_weights("CLIP RN50 (openai)", "clipiqa.plus", "RN50.pt"),),
         reference="Wang, Chan, Loy, AAAI 2023; code IceClear/CLIP-IQA (CLIPIQAPredictor, CoOp prompt learner)",
+        recipes={"*": "IceClear/CLIP-IQA: only a KonIQ-10k training config exists (MOS/100 into [0, 1]; here the "
+                      "training part's min and max map the labels into [0, 1])"},
         # SynthAGIQA: the shipped small CLIP, native 96 px; training sized for seconds per split on a CPU
         dataset_defaults={"synthetic": {"clip_model": "agiqa-tiny-rn", "pretrained": "agiqa-synth", "epochs": 30,
                                         "batch_size": 32}},

@@ -60,6 +60,7 @@ SPEC = MethodSpec(
                  "epochs": 100, "lr_schedule": "constant", "hflip": False},
     },
     reference="Kang, Ye, Li, Doermann, CVPR 2014; pyiqa cnniqa_arch and train_CNNIQA.yml; lidq92/CNNIQA (kang)",
+    recipes={"*": "lidq92/CNNIQA: one config for every dataset (only data paths differ); no AGIQA recipe exists"},
     # 96 px images: 48 px crops, 8 epochs (LR x0.5 at 5 and 7): seconds per repeat on a CPU
     dataset_defaults={"synthetic": {"image_size": 96, "crop_size": 48, "batch_size": 16, "epochs": 8,
                                     "lr_milestones": "5,7"}},

@@ -69,6 +69,8 @@ SPEC = MethodSpec(
                      "pass DBCNN_scnn-7ea73d75.pth or the official scnn.pkl with --set dbcnn.scnn_weights=PATH",
                      check="baselines.deep:scnn_available")),
     reference="Zhang, Ma, Yan, Deng, Wang, TCSVT 2020; zwx8981/DBCNN-PyTorch; pyiqa dbcnn_arch",
+    recipes={"*": "zwx8981/DBCNN-PyTorch: one recipe for every dataset (only the training crop differs, LIVE 432, "
+                  "LIVE-C 448); no AGIQA recipe exists"},
     default_run=False,  # VGG-16 at 448 px: GPU work; offline it runs only from random weights
     # random init (offline), 64 px crops, 1 FC-only + 2 full epochs: a minute or two per repeat on a CPU
     dataset_defaults={"synthetic": {"backbone_weights": "", "scnn_weights": "", "image_size": 96, "crop_size": 64,

@@ -72,6 +72,8 @@ SPEC = MethodSpec(
                      check="baselines.deep:resnet50_available"),),
     aliases=("hyperiqa",),
     reference="Su et al., CVPR 2020; SSL92/hyperIQA; pyiqa hypernet_arch",
+    recipes={"*": "SSL92/hyperIQA train_test_IQA.py: one recipe for every dataset (only the resize before cropping "
+                  "differs, KonIQ 512x384, BID 512x512); no AGIQA recipe exists"},
     default_run=False,  # ResNet-50 on 25 x 224 crops per image: GPU work
     # random init (offline), 2 crops of 64 px per image and epoch, 4 test crops, 3 epochs: minutes on a CPU
     dataset_defaults={"synthetic": {"backbone_weights": "", "image_size": 96, "crop_size": 64,

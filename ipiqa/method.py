@@ -57,6 +57,8 @@ SPEC = MethodSpec(
     },
     weights=(clip_weights("CLIP RN50 (openai)", "ipiqa", "RN50.pt"),),
     reference="Qu, Li, Gao, ICME 2024 (arXiv 2403.18714); code Coobiw/IP-IQA",
+    recipes={"*": "Coobiw/IP-IQA: the AGIQA-1k and AGIQA-3k configs differ only in output_dim, paths and task name "
+                  "(lr, epochs, batch, resolution shared); no config for other datasets"},
     dataset_defaults={"synthetic": IPIQA_SYNTHETIC},
     ablation_components="ipiqa.method:ablation_components",
     ablation_variants={"default": ("ipiqa.image_only", "ipiqa.integral", "ipiqa"),

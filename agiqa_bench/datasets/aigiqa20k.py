@@ -9,7 +9,10 @@ Layout expected under the data root:
 Items:
 - id = name; target `overall` = the one coupled MOS (as AGIQA-1k).
 - generator = the name before its last `_NNNN` (`SDXL_Turbo_0012.png` -> `SDXL_Turbo`,
-  `LCM_SD1.5_0003.png` -> `LCM_SD1.5`).
+  `LCM_SD1.5_0003.png` -> `LCM_SD1.5`).  The dataset's own generator label is the first part of the name
+  only (`LCM`); we keep the longer form because the name is all the release gives and the longer form is
+  better founded: it separates models that share a family prefix (`LCM_SD1.5` and `LCM_SDXL`, `SD1.5` and
+  `SDXL_Turbo` are different generators), so a per-generator breakdown does not pool them.
 - group = the prompt text with whitespace collapsed and case folded, so every image of a prompt
   stays on one side of a split.
 
