@@ -24,13 +24,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from agiqa_bench.errors import StoreError
+from agiqa_bench.outputs import check_target
 from agiqa_bench.records import Item
 
 
 @contextlib.contextmanager
 def file_lock(path: Path):
-    """An exclusive advisory lock on `path` (created if needed), held for the `with` block."""
-    with open(path, "a+b") as fh:
+    """An exclusive advisory lock on `path` (created if needed, never through a link), held for the `with` block."""
+    from agiqa_bench.outputs import open_lock_file
+
+    with os.fdopen(open_lock_file(path, "lock the cache"), "r+b") as fh:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
@@ -79,14 +83,15 @@ class FeatureCache:
 
     def _read_disk(self, namespace: str) -> dict[str, np.ndarray]:
         path = self._path(namespace)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return {}
         try:
+            check_target(path, "read the cache")  # a link or a FIFO is not a cache: recompute (and replace it)
             with np.load(path, allow_pickle=False) as data:
                 keys = [str(k) for k in data["keys"]]
                 values = data["values"]
             return {k: values[i] for i, k in enumerate(keys)}
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, StoreError):
             return {}  # unreadable cache: recompute, it is only a cache
 
     def _save(self, namespace: str) -> None:

@@ -6,12 +6,21 @@ same folder (two processes never share one), which is renamed over the target on
 when complete, so a crash, a full disk or a concurrent writer never leaves a
 half-written file.  Failures are a `StoreError` that names the file and says what to
 do (`output_error`).
+
+Links: the harness never follows a symbolic link for a file it writes, truncates or locks
+(locks, the results store and its side files, caches, reports, figures, checkpoints,
+split files).  `check_target` refuses a target that is a link, or that exists and is not
+a regular file (a FIFO or a device would block or be written into), in one line; lock
+files are opened with `O_NOFOLLOW` (`open_lock_file`), so a link planted between the
+check and the open is refused by the kernel too.  Folders above the file may be links
+(an `--out` that is a link to a bigger disk is common); the last component may not.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,10 +45,50 @@ def output_error(path: Path, action: str, exc: BaseException) -> StoreError:
     return StoreError(f"cannot {action} {path}: {why}; {hint}")
 
 
+def check_target(path: str | Path, what: str = "write") -> Path:
+    """`path` unless it is a symbolic link or an existing non-regular file (FIFO, device, folder): then a one-line
+    StoreError.  A missing file is fine (it will be created)."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise output_error(path, what, exc) from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(f"refusing to {what} {path}: it is a symbolic link (agiqa-bench never writes through links; "
+                         f"remove the link or choose another --out)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, socket or device)"
+        raise StoreError(f"refusing to {what} {path}: it is {kind}; remove it or choose another --out")
+    return path
+
+
+def open_lock_file(path: str | Path, what: str = "lock") -> int:
+    """A file descriptor of the lock file `path` (created if needed), opened without following a link and
+    without blocking on a FIFO; refused in one line unless it is a regular file."""
+    path = check_target(path, what)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            check_target(path, what)  # says "symbolic link"
+        raise output_error(path, what, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        check_target(path, what)
+        raise StoreError(f"refusing to {what} {path}: not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, what: str = "write") -> Path:
-    """Call `write(file)` on a unique temporary file beside `path`, then rename it to `path`."""
+    """Call `write(file)` on a unique temporary file beside `path`, then rename it to `path` (never through a
+    link: `check_target`)."""
     path = Path(path)
     tmp = None
+    check_target(path, what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -73,9 +122,9 @@ class RunLock:
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a+")
         except OSError as exc:
             raise output_error(self.path.parent, "use the output folder", exc) from None
+        self._fh = os.fdopen(open_lock_file(self.path, "lock the output folder with"), "r+")
         try:
             fcntl.flock(self._fh, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:

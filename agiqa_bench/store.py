@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from agiqa_bench.outputs import output_error
+from agiqa_bench.outputs import check_target, output_error
 
 DB_NAME = "results.sqlite"
 
@@ -129,6 +129,9 @@ class ResultStore:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
         self.readonly = readonly
+        for side in ("", "-wal", "-shm", "-journal"):  # never through a link, never a FIFO (it would block)
+            check_target(self.path.with_name(self.path.name + side),
+                         "read the results store" if readonly else "open the results store for writing")
         try:
             if readonly:
                 self._conn = _open_readonly(self.path)

@@ -296,7 +296,9 @@ class DeepIQAMethod(TorchRegressor):
     def save(self, path: Path) -> Path:
         import torch
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "agiqa-bench/deep@1", "method": self.name, "params": self.config,
-                    "targets": list(self.targets), "state_dict": self.model.state_dict()}, path)
-        return path
+        from agiqa_bench.outputs import atomic_write
+
+        payload = {"format": "agiqa-bench/deep@1", "method": self.name, "params": self.config,
+                   "targets": list(self.targets), "state_dict": self.model.state_dict(),
+                   "label_map": self.label_map.to_dict() if self.label_map is not None else None}
+        return atomic_write(path, lambda fh: torch.save(payload, fh), what="write the checkpoint")

@@ -53,7 +53,7 @@ def srcc_bars(block: pd.DataFrame, title: str, path: Path) -> Path:
     ax.set_xlabel("SRCC (mean over repeats; bars: 95% cluster-bootstrap CI, or ± std)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -91,7 +91,7 @@ def scatter_grid(block: pd.DataFrame, preds: pd.DataFrame, ok: pd.DataFrame, tit
         ax.axis("off")
     fig.suptitle(title + " — predicted vs MOS, logistic fit in red", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -119,7 +119,7 @@ def attribute_breakdown(block: pd.DataFrame, preds: pd.DataFrame, attribute: str
     fig.colorbar(image, ax=ax, label=f"SRCC within {attribute}")
     ax.set_title(title + f" — SRCC within each {attribute} (mean over repeats)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path)
     plt.close(fig)
     return path
 
@@ -146,3 +146,10 @@ def write_figures(report, folder: Path, by: tuple[str, ...] = ("generator",)) ->
                 out.append((f"Per-{attribute} SRCC: {title}", path))
     report.figures = out
     return out
+
+
+def _save(fig, path: Path) -> None:
+    """A figure as PNG, written atomically and never through a link (`agiqa_bench.outputs.atomic_write`)."""
+    from agiqa_bench.outputs import atomic_write
+
+    atomic_write(path, lambda fh: fig.savefig(fh, dpi=110, format="png"), what="write the figure")

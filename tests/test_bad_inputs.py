@@ -286,3 +286,46 @@ def test_a_device_this_machine_lacks_is_refused_while_planning(device, needle, t
                     "--executor", "serial")
     one_line_error(result, needle)
     assert not (out / "results.sqlite").exists()
+
+
+# -- links and special files where the harness writes (hardening round 2: data loss) ---------------------
+@pytest.mark.parametrize("name", [".agiqa-bench.lock", "results.sqlite", "results.sqlite-wal"])
+def test_a_link_where_a_run_writes_is_refused_and_its_target_untouched(name, tmp_path):
+    """A lock, store or side file that is a symbolic link: one line, exit 2, and the file it points at keeps
+    every byte (the lock used to be opened for writing and truncated through the link)."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("do not truncate me\n")
+    out = tmp_path / "runs"
+    out.mkdir()
+    (out / name).symlink_to(victim)
+    result = invoke("run", "--methods", "cpbd", "--repeats", "1", "--out", out, "--executor", "serial")
+    one_line_error(result, str(out / name), "symbolic link")
+    assert victim.read_text() == "do not truncate me\n"
+
+
+def test_a_report_or_figure_target_that_is_a_link_is_refused(tmp_path, tiny_agiqa3k):
+    out = tmp_path / "runs"
+    assert invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", tiny_agiqa3k, "--repeats", "1",
+                  "--out", out, "--executor", "serial").exit_code == 0
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep\n")
+    (out / "leaderboard.md").symlink_to(victim)
+    one_line_error(invoke("report", "--out", out, "--no-figures", "--bootstrap", "0"), "symbolic link")
+    assert victim.read_text() == "keep\n"
+    (out / "leaderboard.md").unlink()
+    assert invoke("report", "--out", out, "--bootstrap", "0").exit_code == 0
+    figure = sorted((out / "figures").glob("*.png"))[0]
+    figure.unlink()
+    figure.symlink_to(victim)
+    result = invoke("report", "--out", out, "--bootstrap", "0")
+    one_line_error(result, "symbolic link")
+    assert victim.read_text() == "keep\n"
+
+
+def test_a_fifo_store_never_blocks_report(tmp_path):
+    import os
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    os.mkfifo(out / "results.sqlite")
+    one_line_error(invoke("report", "--out", out), "results.sqlite", "not a regular file")
