@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -65,19 +66,147 @@ def resolve_root(name: str, data_root: str | Path | None, *, shipped: bool = Fal
     return root
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every symbolic link resolved, lies under `root` (resolved too)."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or os.path.commonpath([base, real]) == base
+
+
+def contained(path: Path, root: Path, what: str) -> Path:
+    """`path` unless a symbolic link takes it outside the data root `root`: then a DataError that names the
+    path and where it leads (never its content)."""
+    if not inside(path, root):
+        raise DataError(f"{what} {path} leads outside the data root {root} (to {os.path.realpath(path)}) through a "
+                        f"symbolic link; agiqa-bench reads only inside the data root: copy the file in, or pass the "
+                        f"folder it lives in as --data-root (images: --images)")
+    return path
+
+
 def require_file(root: Path, filename: str, dataset: str, hint: str = "") -> Path:
-    """The label file under `root` (a --data-root must hold its own; without one the shipped file is used)."""
+    """The label file under `root` (a --data-root must hold its own; without one the shipped file is used), which
+    must lie inside `root` once links are resolved, and be a regular file (a FIFO would block the read)."""
     path = root / filename
     if path.is_file():
-        return path
+        return contained(path, root, "label file")
+    if path.exists() or path.is_symlink():
+        contained(path, root, "label file")
+        raise DataError(f"{dataset}: the label file {path} is not a regular file (a folder, FIFO or device)")
     if shipped_labels(dataset) is not None:
         hint += (f" Or leave out --data-root (and {DATA_ENV}) to use the label file that ships with agiqa-bench, "
                  "with --images DIR for the images.")
     raise DataError(f"{dataset}: expected the label file {filename} at {path}, but it is not there.{hint}")
 
 
+#: Label files are small (the largest real one, AIGIQA-20K's, is about 2 MB): caps that a hostile file meets
+#: before it is parsed, so memory stays bounded.  On disk, inflated (the members of an .xlsx zip, the
+#: compressed elements of a .mat), and the columns a sheet may address (a lone far cell such as XFD1500 makes
+#: pandas pad 16,384 columns).
+MAX_LABEL_BYTES = 64 * 2**20
+MAX_INFLATED_BYTES = 256 * 2**20
+MAX_SHEET_COLUMNS = 1024
+
+
+def check_label_file(path: Path) -> Path:
+    """`path` if it is a regular file within the caps above, else a one-line DataError naming it."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataError(f"cannot read label file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"label file {path} is not a regular file (a folder, FIFO or device)")
+    if st.st_size > MAX_LABEL_BYTES:
+        raise DataError(f"label file {path} has {st.st_size:,} bytes, over the {MAX_LABEL_BYTES // 2**20} MiB cap for "
+                        f"label files")
+    suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        _check_xlsx(path)
+    elif suffix == ".mat":
+        _check_mat(path)
+    return path
+
+
+def _check_xlsx(path: Path) -> None:
+    """Declared inflated sizes of the zip's members, then (streaming) the columns the sheets' cells address."""
+    import re
+    import zipfile
+    from xml.etree.ElementTree import iterparse
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            total = sum(m.file_size for m in members)
+            if total > MAX_INFLATED_BYTES:
+                raise DataError(f"label file {path} inflates to {total:,} bytes, over the "
+                                f"{MAX_INFLATED_BYTES // 2**20} MiB cap (a compressed payload, not a label table)")
+            ref = re.compile(r"([A-Z]+)")
+            for member in members:
+                if not (member.filename.startswith("xl/worksheets/") and member.filename.endswith(".xml")):
+                    continue
+                with archive.open(member) as fh:
+                    for _, element in iterparse(fh):
+                        if element.tag.endswith("}c") or element.tag == "c":
+                            letters = ref.match(element.get("r", "") or "")
+                            if letters and _column_number(letters[1]) > MAX_SHEET_COLUMNS:
+                                raise DataError(f"label file {path}: a cell at {element.get('r')} in "
+                                                f"{member.filename} lies beyond column {MAX_SHEET_COLUMNS}; a label "
+                                                f"table has a few columns (delete the stray cell)")
+                        element.clear()
+    except DataError:
+        raise
+    except Exception as exc:  # a broken zip or XML: pandas would fail on it too
+        raise DataError(f"cannot read label file {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _column_number(letters: str) -> int:
+    n = 0
+    for ch in letters:
+        n = n * 26 + (ord(ch) - 64)
+    return n
+
+
+def _check_mat(path: Path) -> None:
+    """A MATLAB v5 file's compressed elements must inflate within the cap (checked by inflating in bounded
+    chunks, nothing kept); v7.3 (HDF5) files are left to h5py, which reads datasets by their declared shape."""
+    import struct
+    import zlib
+
+    with open(path, "rb") as fh:
+        header = fh.read(128)
+        if len(header) < 128 or header[:10] == b"\x89HDF\r\n\x1a\n"[:10] or b"MATLAB 7.3" in header[:20]:
+            return
+        endian = "<" if header[126:128] == b"IM" else ">"
+        inflated = 0
+        while True:
+            tag = fh.read(8)
+            if len(tag) < 8:
+                return
+            kind, size = struct.unpack(endian + "II", tag)
+            if kind >> 16:  # small data element: 4 bytes of data packed in the tag
+                continue
+            if kind != 15:  # miCOMPRESSED
+                fh.seek(size + (-size % 8), 1)
+                continue
+            stream = zlib.decompressobj()
+            left = size
+            while left > 0:
+                chunk = fh.read(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                data = stream.decompress(chunk, 1 << 20)
+                inflated += len(data)
+                while stream.unconsumed_tail and inflated <= MAX_INFLATED_BYTES:
+                    data = stream.decompress(stream.unconsumed_tail, 1 << 20)
+                    inflated += len(data)
+                if inflated > MAX_INFLATED_BYTES:
+                    raise DataError(f"label file {path} inflates past {MAX_INFLATED_BYTES // 2**20} MiB (a compressed "
+                                    f"payload, not a MOS vector); refused before reading")
+
+
 def read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
-    """Read a CSV or Excel label file and check its columns, naming the file on failure."""
+    """Read a CSV or Excel label file (within the caps of `check_label_file`) and check its columns, naming the
+    file on failure."""
+    check_label_file(path)
     try:
         if path.suffix.lower() in (".xlsx", ".xls"):
             frame = pd.read_excel(path)
@@ -157,8 +286,8 @@ def find_image_dir(root: Path, candidates: Iterable[str], probe: str, images: st
     for name in candidates:
         folder = root / name if name else root
         if (folder / probe).exists():
-            return folder
-    return root / next(iter(candidates))
+            return contained(folder, root, "image folder")
+    return contained(root / next(iter(candidates)), root, "image folder")
 
 
 def attach_images(
@@ -255,12 +384,11 @@ def dedupe(items: list[Item], label_file: Path, policy: str) -> tuple[list[Item]
 
 
 def refuse_outside(items: list[Item], label_file: Path, image_dir: Path) -> None:
-    """DataError when an item's image path leaves `image_dir` (compared after normalising `..`)."""
-    root = os.path.abspath(image_dir)
-    outside = [item for item in items
-               if os.path.commonpath([root, os.path.abspath(item.image)]) != root]
+    """DataError when an item's image path leaves `image_dir`, compared on real paths: `..`, absolute paths and
+    symbolic links (an image, or a folder on the way, linked elsewhere) are all resolved first."""
+    outside = [item for item in items if not inside(item.image, image_dir)]
     if outside:
-        shown = "; ".join(f"{it.id!r} -> {os.path.abspath(it.image)}" for it in outside[:3])
+        shown = "; ".join(f"{it.id!r} -> {os.path.realpath(it.image)}" for it in outside[:3])
         more = f" (and {len(outside) - 3} more)" if len(outside) > 3 else ""
         raise DataError(f"{label_file}: {len(outside)} row(s) name an image outside the image folder {image_dir}: "
                         f"{shown}{more}. Pass --allow-outside-root to read them anyway")

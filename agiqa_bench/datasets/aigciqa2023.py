@@ -105,6 +105,7 @@ def read_mat_vector(path: Path, key: str, length: int = N_IMAGES) -> np.ndarray:
     """Variable `key` of a .mat file as `length` finite floats (one per image index), or a DataError."""
     import scipy.io
 
+    c.check_label_file(path)
     try:
         content = scipy.io.loadmat(path)
         names = [k for k in content if not k.startswith("__")]
@@ -114,10 +115,11 @@ def read_mat_vector(path: Path, key: str, length: int = N_IMAGES) -> np.ndarray:
         raise DataError(f"cannot read MATLAB file {path}: {exc}") from None
     if key not in content:
         raise DataError(f"{path}: no variable {key!r}; it holds: {', '.join(names) or 'nothing'}")
-    try:
-        values = np.asarray(content[key], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: variable {key!r} is not numeric (dtype {np.asarray(content[key]).dtype})") from None
+    raw = np.asarray(content[key])
+    if raw.dtype.kind not in "biuf":  # complex, text, cells, structs: never coerced (a complex MOS lost its part)
+        raise DataError(f"{path}: variable {key!r} is not a real number array (dtype {raw.dtype}); expected "
+                        f"{length} real MOS values")
+    values = raw.astype(np.float64)
     if values.ndim > 2 or (values.ndim == 2 and min(values.shape) != 1):
         raise DataError(f"{path}: variable {key!r} has shape {values.shape}; expected {length} x 1")
     values = values.reshape(-1)
@@ -155,7 +157,7 @@ def read_prompt_sheet(path: Path) -> list[dict]:
 
 def read_official(root: Path) -> tuple[list[Item], Path]:
     """Items from DATA/MOS/*.mat (+ DATA/STD/*.mat) and the prompt sheet; the label file is mosz1.mat."""
-    sheet_file = find_prompt_sheet(root)
+    sheet_file = c.contained(find_prompt_sheet(root), root, "prompt sheet")
     sheet = read_prompt_sheet(sheet_file)
     if len(sheet) != N_PROMPTS:
         raise DataError(f"{sheet_file} has {len(sheet)} prompt rows; expected {N_PROMPTS} (x {len(GENERATORS)} "
@@ -165,10 +167,10 @@ def read_official(root: Path) -> tuple[list[Item], Path]:
         path = root / MOS_DIR / mos_name
         if not path.is_file():
             raise DataError(f"{NAME}: expected the MOS file {path} (variable {MOS_KEY}, {target}), but it is not there")
-        mos[target] = read_mat_vector(path, MOS_KEY)
+        mos[target] = read_mat_vector(c.contained(path, root, "MOS file"), MOS_KEY)
         std_path = root / STD_DIR / std_name
         if std_path.is_file():
-            std[target] = read_mat_vector(std_path, STD_KEY)
+            std[target] = read_mat_vector(c.contained(std_path, root, "std file"), STD_KEY)
     items = []
     for i in range(N_IMAGES):
         p = prompt_index_of(i)

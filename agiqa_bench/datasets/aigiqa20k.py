@@ -57,6 +57,7 @@ def prompt_group(prompt: str) -> str:
 
 def read_rows(path: Path, fields: tuple[str, ...]) -> tuple[list[list[str]], int]:
     """The data rows of a label file and the number of header rows before them (0 or 1)."""
+    c.check_label_file(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f, strict=True))

@@ -57,8 +57,8 @@ def load(
 ) -> Dataset:
     root = c.resolve_root("csv", data_root)
     label_file = Path(label).expanduser()
-    if not label_file.is_absolute():
-        label_file = root / label_file
+    if not label_file.is_absolute():  # an absolute --dataset-opt label=FILE is the user's explicit choice
+        label_file = c.contained(root / label_file, root, "label file")
     if not label_file.is_file():
         raise DataError(f"csv dataset: expected the label file at {label_file}; set it with --dataset-opt label=FILE")
     columns = parse_targets(targets)

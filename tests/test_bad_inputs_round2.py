@@ -1,0 +1,135 @@
+"""Hardening round 2: links out of the data root, compressed payloads in label files, odd MOS types.
+
+Each case goes through the command line and asserts exit 2, one `error:` line naming the file, no traceback,
+and (where memory is the point) a bounded peak.
+"""
+
+from __future__ import annotations
+
+import resource
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+import scipy.io
+from agiqa_test_support import make_tiny_agiqa3k
+from test_bad_inputs import invoke, one_line_error
+from test_datasets_aigc import N, labels_only
+
+SECRET = "secret-label-content-7f3a"
+
+
+def export(dataset, root, tmp_path, *extra):
+    return invoke("splits", "export", "--dataset", dataset, "--data-root", root, "--output", tmp_path / "s.json", *extra)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- reads outside the root --------------------------------------------------------------------------
+def test_a_label_file_linked_outside_the_root_is_refused_without_showing_its_content(tmp_path):
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text(f"{SECRET}\n1,2,3\n")
+    (root / "data.csv").unlink()
+    (root / "data.csv").symlink_to(outside)
+    text = one_line_error(export("agiqa3k", root, tmp_path), "data.csv", "outside the data root")
+    assert SECRET not in text
+
+
+def test_an_image_folder_linked_outside_the_root_is_refused(tmp_path):
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    (root / "images").rename(tmp_path / "real-images")
+    (root / "images").symlink_to(tmp_path / "real-images")
+    one_line_error(invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--repeats", "1",
+                          "--out", tmp_path / "runs", "--executor", "serial"), "image folder", "outside the data root")
+    # naming that folder explicitly is the user's choice
+    done = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--images",
+                  tmp_path / "real-images", "--repeats", "1", "--out", tmp_path / "runs", "--executor", "serial")
+    assert done.exit_code == 0, done.output
+
+
+def test_an_image_linked_outside_the_image_folder_is_refused(tmp_path):
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    first = sorted((root / "images").iterdir())[0]
+    (tmp_path / "stolen.png").write_bytes(first.read_bytes())
+    first.unlink()
+    first.symlink_to(tmp_path / "stolen.png")
+    one_line_error(export("agiqa3k", root, tmp_path), "data.csv", "outside the image folder", first.name,
+                   "--allow-outside-root")
+    done = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--repeats", "1",
+                  "--allow-outside-root", "--out", tmp_path / "runs", "--executor", "serial")
+    assert done.exit_code == 0, done.output
+
+
+# -- memory: compressed payloads -----------------------------------------------------------------------
+def write_xlsx_with_member(path, name, size):
+    """A zip whose member `name` inflates to `size` bytes of one repeated letter (a few hundred KB on disk)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open(name, "w", force_zip64=True) as fh:
+            block = b"a" * (1 << 20)
+            for _ in range(size >> 20):
+                fh.write(block)
+
+
+def test_an_xlsx_that_inflates_huge_is_refused_before_parsing(tmp_path):
+    root = tmp_path / "agiqa1k"
+    root.mkdir()
+    write_xlsx_with_member(root / "AIGC_MOS_Zscore.xlsx", "xl/sharedStrings.xml", 400 << 20)
+    before = peak_mb()
+    one_line_error(export("agiqa1k", root, tmp_path), "AIGC_MOS_Zscore.xlsx", "inflates to")
+    assert peak_mb() - before < 300
+
+
+def test_an_xlsx_with_one_far_away_cell_is_refused(tmp_path):
+    import openpyxl
+
+    root = tmp_path / "agiqa1k"
+    root.mkdir()
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Image", "Prompt", "MOS"])
+    sheet.append(["a.jpg", "a cat", 1.0])
+    sheet["XFD1500"] = 1
+    book.save(root / "AIGC_MOS_Zscore.xlsx")
+    before = peak_mb()
+    one_line_error(export("agiqa1k", root, tmp_path), "AIGC_MOS_Zscore.xlsx", "XFD1500", "beyond column")
+    assert peak_mb() - before < 300
+
+
+def test_a_mat_whose_stream_inflates_huge_is_refused(tmp_path):
+    root = labels_only(tmp_path)
+    path = root / "DATA" / "MOS" / "mosz1.mat"
+    header = b"MATLAB 5.0 MAT-file, hostile".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
+    squeeze = zlib.compressobj(9)
+    body = b"".join(squeeze.compress(b"\0" * (1 << 20)) for _ in range(640)) + squeeze.flush()
+    path.write_bytes(header + struct.pack("<II", 15, len(body)) + body)
+    before = peak_mb()
+    one_line_error(export("aigciqa2023", root, tmp_path), "mosz1.mat", "inflates past")
+    assert peak_mb() - before < 300
+
+
+def test_a_complex_mos_is_refused_naming_the_file(tmp_path):
+    root = labels_only(tmp_path)
+    scipy.io.savemat(root / "DATA" / "MOS" / "mosz2.mat", {"MOSz": (np.ones(N) + 1j).reshape(N, 1)})
+    one_line_error(export("aigciqa2023", root, tmp_path), "mosz2.mat", "not a real number array", "complex")
+
+
+def test_a_text_mos_is_refused_naming_the_file(tmp_path):
+    root = labels_only(tmp_path)
+    scipy.io.savemat(root / "DATA" / "MOS" / "mosz3.mat", {"MOSz": np.array(["x"] * N, dtype=object).reshape(N, 1)})
+    one_line_error(export("aigciqa2023", root, tmp_path), "mosz3.mat", "not a real number array")
+
+
+@pytest.mark.parametrize("dataset", ["agiqa3k", "aigiqa20k"])
+def test_a_fifo_label_file_never_blocks(dataset, tmp_path):
+    import os
+
+    root = tmp_path / dataset
+    root.mkdir()
+    os.mkfifo(root / ("data.csv" if dataset == "agiqa3k" else "info_train.csv"))
+    one_line_error(export(dataset, root, tmp_path), "not a regular file")
