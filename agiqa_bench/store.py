@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from agiqa_bench.errors import StoreError
 from agiqa_bench.outputs import check_target, output_error
 
 DB_NAME = "results.sqlite"
@@ -62,6 +63,39 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (result_id, item_id)
 );
 """
+
+#: SQLite's `application_id` of a results store ("AGQB"): a store is recognised by it, or (stores written before
+#: it was set) by having exactly our tables with at least our key columns.  Anything else is refused, and never
+#: migrated: `--out` may point at a folder whose results.sqlite belongs to another program.
+APPLICATION_ID = 0x41475142
+_OUR_TABLES = {"results", "predictions"}
+_CORE_COLUMNS = {"results": {"id", "dataset", "data_hash", "target", "method", "config_hash", "split_hash", "repeat",
+                             "status", "config_json", "info_json"},
+                 "predictions": {"result_id", "item_id", "prediction", "mos"}}
+
+
+def recognise(conn: sqlite3.Connection, path: Path) -> bool:
+    """True for our store (or an empty database), False for an older store of ours without the marker; a
+    StoreError naming the file for anything else."""
+    app = conn.execute("PRAGMA application_id").fetchone()[0]
+    if app == APPLICATION_ID:
+        return True
+    if app != 0:
+        raise StoreError(f"{path} is not an agiqa-bench results store (SQLite application id {app:#x}); "
+                         "choose another --out")
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return True
+    foreign = sorted(tables - _OUR_TABLES - {"sqlite_sequence"})
+    lacking = [f"{t}.{c}" for t in sorted(tables & _OUR_TABLES)
+               for c in sorted(_CORE_COLUMNS[t] - {row[1] for row in conn.execute(f"PRAGMA table_info({t})")})]
+    if foreign or lacking or "results" not in tables:
+        what = (f"tables {', '.join(foreign)}" if foreign else f"a results table without {', '.join(lacking[:4])}"
+                if lacking else "no results table")
+        raise StoreError(f"{path} is not an agiqa-bench results store ({what}); it is left untouched: choose "
+                         "another --out")
+    return False
+
 
 KEY_FIELDS = ("dataset", "data_hash", "target", "method", "config_hash", "split_hash", "repeat")
 
@@ -135,16 +169,23 @@ class ResultStore:
         try:
             if readonly:
                 self._conn = _open_readonly(self.path)
+                recognise(self._conn, self.path)
                 self._columns = {t: {row[1] for row in self._conn.execute(f"PRAGMA table_info({t})")}
                                  for t in ("results", "predictions")}
                 return
             self.folder.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=30)
+            recognise(self._conn, self.path)  # before anything is created or altered
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.executescript(SCHEMA)
             self._migrate()
+            self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             self._conn.commit()
+        except StoreError:
+            if getattr(self, "_conn", None) is not None:
+                self._conn.close()
+            raise
         except (sqlite3.Error, OSError) as exc:
             raise output_error(self.path, "read the results store" if readonly else "open the results store for writing",
                                exc) from None

@@ -133,3 +133,37 @@ def test_a_fifo_label_file_never_blocks(dataset, tmp_path):
     root.mkdir()
     os.mkfifo(root / ("data.csv" if dataset == "agiqa3k" else "info_train.csv"))
     one_line_error(export(dataset, root, tmp_path), "not a regular file")
+
+
+# -- a store of another program ----------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["run", "report"])
+def test_a_foreign_results_table_is_refused_and_never_altered(command, tmp_path):
+    import sqlite3
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute("CREATE TABLE results (run TEXT, score REAL)")
+        conn.execute("INSERT INTO results VALUES ('x', 1.5)")
+    args = (["run", "--methods", "cpbd", "--repeats", "1", "--executor", "serial"] if command == "run" else ["report"])
+    one_line_error(invoke(*args, "--out", out), "results.sqlite", "not an agiqa-bench results store")
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        assert [r[1] for r in conn.execute("PRAGMA table_info(results)")] == ["run", "score"]
+        assert conn.execute("SELECT * FROM results").fetchall() == [("x", 1.5)]
+        assert {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")} == {"results"}
+
+
+def test_our_store_carries_its_marker_and_an_older_one_is_adopted(tmp_path):
+    import sqlite3
+
+    from agiqa_bench.store import APPLICATION_ID, ResultStore
+
+    with ResultStore(tmp_path / "a"):
+        pass
+    with sqlite3.connect(tmp_path / "a" / "results.sqlite") as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        conn.execute("PRAGMA application_id = 0")  # as stores written before the marker
+    with ResultStore(tmp_path / "a"):
+        pass
+    with sqlite3.connect(tmp_path / "a" / "results.sqlite") as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
