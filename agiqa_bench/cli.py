@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from agiqa_bench import __version__
 from agiqa_bench.cli_pretrain import pretrain_app
-from agiqa_bench.console import console, err_console, friendly, show_warning
+from agiqa_bench.console import console, err_console, friendly, plain, show_warning
 from agiqa_bench.errors import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
@@ -180,9 +179,9 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
 
     plan = plan_run(methods, **planning)
     console.print(
-        f"[bold]{escape(plan.dataset.name)}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
-        f"targets {', '.join(plan.dataset.targets)}; {escape(describe(plan.splits))}; "
-        f"methods: {', '.join(m.name for m in plan.methods)}"
+        f"[bold]{plain(plan.dataset.name)}[/]: {len(plan.dataset)} items, {len(plan.dataset.groups)} groups, "
+        f"targets {plain(', '.join(plan.dataset.targets))}; {plain(describe(plan.splits))}; "
+        f"methods: {plain(', '.join(m.name for m in plan.methods))}"
     )
     from agiqa_bench.cli_progress import execute_with_progress, print_summary
 
@@ -192,12 +191,12 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
         err_console.print(f"[yellow]{len(summary.warnings)} distinct warning(s)[/] raised by the methods during the run "
                           "(also in the report's Warnings section):", highlight=False)
         for (method, message), n in sorted(summary.warnings.items())[:10]:
-            err_console.print(f"  {method} ({n} row(s)): {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"  {plain(method)} ({n} row(s)): {plain(message)}", highlight=False, soft_wrap=True)
     if summary.failed:
         err_console.print(f"[bold red]{len(summary.failed)} (method, target, repeat) key(s) failed[/]; "
                           f"see the Failures section of `agiqa-bench report --out {out}`.")
         for method, tgt, rep, msg in summary.failed[:5]:
-            err_console.print(f"  {method} / {tgt} / repeat {rep}: {msg}", highlight=False)
+            err_console.print(f"  {plain(method)} / {plain(tgt)} / repeat {rep}: {plain(msg)}", highlight=False)
         raise typer.Exit(1)
     return summary
 
@@ -283,7 +282,7 @@ def report(
     atomic_write_text(target, text + ("\n" if not text.endswith("\n") else ""), what="write the report")
     if fmt == "markdown":
         print(text)
-    err_console.print(f"written to {target}" + (f" ({len(result.figures)} figure(s) in {target.parent / 'figures'})"
+    err_console.print(f"written to {plain(target)}" + (f" ({len(result.figures)} figure(s) in {target.parent / 'figures'})"
                                                   if result.figures else ""))
 
 
@@ -487,7 +486,8 @@ def splits_export(
     splits = make_splits(ds, protocol, repeats, seed, val_fraction)
     splits.save(output)
     sizes = ", ".join(str(len(s.test)) for s in splits.splits)
-    console.print(f"{len(splits)} {protocol} splits of {ds.name} (hash {splits.hash}); test sizes {sizes}; written to {output}")
+    console.print(f"{len(splits)} {plain(protocol)} splits of {plain(ds.name)} (hash {splits.hash}); test sizes {sizes}; "
+                  f"written to {plain(output)}")
 
 
 @splits_app.command("audit")
@@ -520,7 +520,7 @@ def splits_audit(
     if as_json:
         print(json.dumps(folds, indent=1))
         return
-    table = Table(title=f"{ds.name}: {describe(splits)}", title_justify="left")
+    table = Table(title=f"{plain(ds.name)}: {plain(describe(splits))}", title_justify="left")
     columns = [("fold", "fold"), ("n_train", "train"), ("n_val", "val"), ("n_test", "test"),
                ("test_groups", "test groups"), ("shared_groups", "shared groups"), ("test_prompts", "test prompts"),
                ("shared_prompts", "shared prompts"), ("test_images_with_shared_prompt", "test images w/ shared prompt")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from agiqa_bench.console import console, err_console
+from agiqa_bench.console import console, err_console, plain
 
 
 def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False, **executor_options):
@@ -42,7 +42,7 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
                 return
             name = payload["method"]
             if kind == "method":
-                tasks[name] = progress.add_task(f"{name:<18}", total=payload["todo"], state="")
+                tasks[name] = progress.add_task(f"{plain(name):<18}", total=payload["todo"], state="")
             elif kind in ("done", "error"):
                 counts["done" if kind == "done" else "failed"] += 1
                 progress.advance(tasks[name])
@@ -55,11 +55,12 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
         except KeyboardInterrupt:
             progress.stop()
             err_console.print(f"{'terminated' if terminated else 'interrupted'}; {counts['done']} job(s) finished in "
-                              f"this run and kept in {out}/results.sqlite, rerun the same command to resume",
+                              f"this run and kept in {plain(out)}/results.sqlite, rerun the same command to resume",
                               highlight=False)
             raise typer.Exit(143 if terminated else 130) from None
     if summary.skipped:
-        console.print(f"skipped {summary.skipped} finished row(s) already in {out}/results.sqlite (use --force to redo)")
+        console.print(f"skipped {summary.skipped} finished row(s) already in {plain(out)}/results.sqlite (use --force to "
+                      "redo)")
     return summary
 
 
@@ -95,10 +96,10 @@ def print_summary(out: Path, plan) -> None:
     summary = summarize(frame)
     if summary.empty:
         return  # nothing finished (the failures were listed above)
-    table = Table(title=f"{plan.dataset.name}: mean over repeats (test parts)")
+    table = Table(title=f"{plain(plan.dataset.name)}: mean over repeats (test parts)")
     for col in ("method", "target", "repeats", "SRCC", "PLCC", "KRCC"):
         table.add_column(col, justify="left" if col in ("method", "target") else "right")
     for _, r in summary.sort_values(["target", "srcc_mean"], ascending=[True, False]).iterrows():
         fmt = lambda m: "n/a" if r[f"{m}_mean"] != r[f"{m}_mean"] else f"{r[f'{m}_mean']:.4f}"  # noqa: E731
-        table.add_row(r["label"], r["target"], str(r["n"]), fmt("srcc"), fmt("plcc"), fmt("krcc"))
+        table.add_row(plain(r["label"]), plain(r["target"]), str(r["n"]), fmt("srcc"), fmt("plcc"), fmt("krcc"))
     console.print(table)

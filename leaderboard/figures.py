@@ -126,7 +126,15 @@ def attribute_breakdown(block: pd.DataFrame, preds: pd.DataFrame, attribute: str
 
 def write_figures(report, folder: Path, by: tuple[str, ...] = ("generator",)) -> list[tuple[str, Path]]:
     """Every figure of the report into `folder`; returns (title, path) pairs (also kept on the report).
-    `by`: the item attributes to break SRCC down by (one heatmap each per block, where items carry them)."""
+    `by`: the item attributes to break SRCC down by (one heatmap each per block, where items carry them).
+    Text from data (method labels, generator names) is drawn literally: math text (`$...$`) is off."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _write_figures(report, folder, by)
+
+
+def _write_figures(report, folder: Path, by: tuple[str, ...]) -> list[tuple[str, Path]]:
     if report.summary.empty:
         return []
     folder.mkdir(parents=True, exist_ok=True)

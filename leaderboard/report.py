@@ -39,6 +39,8 @@ from leaderboard.aggregate import summarize, summarize_shared
 from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
 from leaderboard.tables import (
     Table,
+    md_code,
+    md_escape,
     ablation_table,
     alignment_table,
     cross_table,
@@ -122,7 +124,7 @@ class Report:
             out += [table.to_markdown(), ""]
         breakdowns = self.breakdown_tables()
         if breakdowns:
-            out += [f"## By {', '.join(self.by)}", ""]
+            out += [f"## By {md_escape(', '.join(self.by))}", ""]
             for table in breakdowns:
                 out += [table.to_markdown(), ""]
         if not self.summary.empty:
@@ -133,7 +135,7 @@ class Report:
             out += ["## Figures", ""]
             for title, path in self.figures:
                 rel = path.relative_to(figure_root) if figure_root and path.is_relative_to(figure_root) else path
-                out += [f"![{title}]({rel.as_posix()})", ""]
+                out += [f"![{md_escape(title)}](<{rel.as_posix().replace('>', '%3E')}>)", ""]
         out += self._notes_markdown()
         return "\n".join(out)
 
@@ -165,7 +167,7 @@ class Report:
         return "\n".join(parts)
 
     def to_csv(self) -> str:
-        return self.summary.drop(columns=["config_json"], errors="ignore").to_csv(index=False)
+        return csv_safe(self.summary.drop(columns=["config_json"], errors="ignore")).to_csv(index=False)
 
     def to_json(self) -> str:
         body = {
@@ -226,27 +228,30 @@ class Report:
         failures = self._failures()
         if failures:
             out += ["## Failures", ""]
-            out += [f"- {f['dataset']} / {f['method']}: {f['rows']} failed row(s): {f['error']}" for f in failures]
+            out += [f"- {md_escape(f['dataset'])} / {md_escape(f['method'])}: {f['rows']} failed row(s): "
+                    f"{md_escape(f['error'])}" for f in failures]
             out.append("")
         warned = self._warnings()
         if warned:
             out += ["## Warnings", "", "Raised by the methods while computing the rows above (each listed once).", ""]
-            out += [f"- {w['dataset']} / {w['method']} ({w['rows']} row(s)): {w['warning']}" for w in warned]
+            out += [f"- {md_escape(w['dataset'])} / {md_escape(w['method'])} ({w['rows']} row(s)): "
+                    f"{md_escape(w['warning'])}" for w in warned]
             out.append("")
         provenance = self.provenance()
         if provenance:
             out += ["## Provenance", "", "Every number above is computed from these rows of the store "
                     "(`results.id`), these splits and these configurations.", ""]
             for block in provenance:
-                hashes = ", ".join(f"{r}: `{h}`" for r, h in block["split_hashes"].items())
+                hashes = ", ".join(f"{r}: {md_code(h)}" for r, h in block["split_hashes"].items())
                 where = (f"{block['train_dataset']} → {block['dataset']}" if block.get("train_dataset")
                          else block["dataset"])
-                out += [f"- **{where}** labels `{block['data_hash']}`, {block['split_family']}; harness "
-                        f"{', '.join(block['harness_versions'])}; split hashes by repeat: {hashes}"]
+                out += [f"- **{md_escape(where)}** labels {md_code(block['data_hash'])}, "
+                        f"{md_escape(block['split_family'])}; harness "
+                        f"{md_escape(', '.join(block['harness_versions']))}; split hashes by repeat: {hashes}"]
                 for m in block["methods"]:
                     ids = m["result_ids"]
-                    out.append(f"  - {m['method']} config `{m['config_hash']}` rows {ids[0]}–{ids[-1]} ({len(ids)}): "
-                               f"`{json.dumps(m['config'], sort_keys=True)}`")
+                    out.append(f"  - {md_escape(m['method'])} config {md_code(m['config_hash'])} rows {ids[0]}–{ids[-1]} "
+                               f"({len(ids)}): {md_code(json.dumps(m['config'], sort_keys=True))}")
             out.append("")
         return out
 
@@ -258,13 +263,24 @@ th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text
 figure{display:inline-block;margin:1em}img{max-width:620px}pre{white-space:pre-wrap;font-size:12px}"""
 
 
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (starting with =, +, -, @, a tab or a carriage
+    return) prefixed with a quote; numbers are left as they are."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = [("'" + v) if isinstance(v, str) and v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+                           for v in out[column]]
+    return out
+
+
 def approximation_notes(summary) -> list[str]:
     """A note for every method in the tables that is not a faithful implementation (from the stored rows)."""
     notes = []
     if not summary.empty:
         for method, text in sorted(dict(zip(summary["method"], summary["approximation"])).items()):
             if text:
-                notes.append(f"- **{method} is an approximation**: {text}.")
+                notes.append(f"- **{md_escape(method)} is an approximation**: {md_escape(text)}.")
     return ["## Approximations", "", *notes, ""] if notes else []
 
 

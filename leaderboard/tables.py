@@ -17,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -31,6 +32,28 @@ PERCEPTUAL_TARGET = {"agiqa1k": "overall", "agiqa3k": "quality", "aigciqa2023": 
 TIED = "≈"
 #: Marks a row that lacks some of the repeats other rows of its column have (failed or not run).
 LACKING = "†"
+
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|~#!])")
+_MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+
+
+def md_escape(text) -> str:
+    """Text from data (method names, prompts, generator and attribute values, messages) as literal markdown: one
+    line, HTML characters as entities, markdown's control characters backslash-escaped (an underscore inside a
+    word, as in `image_only`, needs none)."""
+    out = " ".join(str(text).replace("\r", "\n").split("\n"))
+    out = html.escape(out, quote=False)
+    out = _MD_SPECIAL.sub(r"\\\1", out)
+    return _MD_UNDERSCORE.sub(r"\\_", out)
+
+
+def md_code(text) -> str:
+    """Text as one markdown code span, whatever backticks it holds (the fence is longer than any run in it)."""
+    out = " ".join(str(text).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", out)), default=0) + 1)
+    pad = " " if out.startswith("`") or out.endswith("`") else ""
+    return f"{fence}{pad}{out}{pad}{fence}"
 
 
 @dataclass
@@ -52,18 +75,19 @@ class Table:
     # -- renderers -------------------------------------------------------------------
     def to_markdown(self) -> str:
         def md(cell: Cell) -> str:
-            text = cell.text.replace("|", "\\|")
+            text = md_escape(cell.text)
             if cell.underline:
                 text = f"<u>{text}</u>"
             return f"**{text}**" if cell.bold else text
 
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+        lines = [f"**{md_escape(self.title)}**", "", "| " + " | ".join(md_escape(h) for h in self.header) + " |",
+                 "|" + "---|" * len(self.header)]
         for i, row in enumerate(self.rows):
             if i in self.sections:
-                lines.append("| *" + self.sections[i] + "* |" + " |" * (len(self.header) - 1))
+                lines.append("| *" + md_escape(self.sections[i]) + "* |" + " |" * (len(self.header) - 1))
             lines.append("| " + " | ".join(md(c) for c in row) + " |")
         if self.caption:
-            lines += ["", self.caption]
+            lines += ["", md_escape(self.caption)]
         return "\n".join(lines)
 
     def to_html(self) -> str:

@@ -6,6 +6,7 @@ and (where memory is the point) a bounded peak.
 
 from __future__ import annotations
 
+import re
 import resource
 import struct
 import zipfile
@@ -167,3 +168,59 @@ def test_our_store_carries_its_marker_and_an_older_one_is_adopted(tmp_path):
         pass
     with sqlite3.connect(tmp_path / "a" / "results.sqlite") as conn:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+# -- strings from data reaching renderers ---------------------------------------------------------------
+@pytest.fixture
+def small_store(tmp_path):
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    out = tmp_path / "runs"
+    done = invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--repeats", "2",
+                  "--out", out, "--executor", "serial")
+    assert done.exit_code == 0, done.output
+    return out
+
+
+def tamper(out, sql, *args):
+    import sqlite3
+
+    with sqlite3.connect(out / "results.sqlite") as conn:
+        conn.execute(sql, args)
+
+
+def test_markdown_and_csv_reports_show_data_literally(small_store):
+    import csv
+    import io
+
+    evil = "=HYPERLINK(\"x\")|<script>alert(1)</script>\n**x** [y](z)"
+    tamper(small_store, "UPDATE results SET method = ?", evil)
+    tamper(small_store, "UPDATE predictions SET generator = ?", "gen|<img src=x>\n$\\frac{$")
+    done = invoke("report", "--out", small_store, "--bootstrap", "0")
+    assert done.exit_code == 0, done.output
+    text = (small_store / "leaderboard.md").read_text()
+    assert "<script>" not in text and "<img" not in text and "&lt;script&gt;" in text
+    width = None
+    for line in text.splitlines():  # every row of every table has as many cells as its header
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.split(r"(?<!\\)\|", line)) - 2
+        if width is None:
+            width = cells
+        assert cells == width, line
+    html = invoke("report", "--out", small_store, "--bootstrap", "0", "--format", "html")
+    assert html.exit_code == 0 and "<script>alert" not in (small_store / "leaderboard.html").read_text()
+    assert invoke("report", "--out", small_store, "--bootstrap", "0", "--format", "csv").exit_code == 0
+    rows = list(csv.DictReader(io.StringIO((small_store / "leaderboard.csv").read_text())))
+    assert rows and all(r["method"].startswith("'=") for r in rows)
+    assert all(not r["label"].startswith(("=", "+", "-", "@")) for r in rows)
+
+
+def test_markup_and_escape_sequences_in_data_reach_the_terminal_literally(tmp_path):
+    root = tmp_path / "data [red] \x1b[31mred"
+    root.mkdir()
+    (root / "data.csv").write_text("name,prompt,mos_quality,mos_align\n"
+                                   "genA_normal_000.png,a cat,[/bold]\x1b[2Jone,2\n")
+    result = invoke("splits", "export", "--dataset", "agiqa3k", "--data-root", root, "--output", tmp_path / "s.json")
+    one_line_error(result, "[red]", "[/bold]", "data.csv")
+    assert "\x1b" not in result.output and "\\x1b" in result.output
