@@ -19,6 +19,9 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -63,6 +66,10 @@ def namespace_for(name: str, params: dict) -> str:
     return f"{safe}-{digest}"
 
 
+class CacheWarning(UserWarning):
+    """A cache file was discarded (it is only a cache: its values are recomputed)."""
+
+
 class FeatureCache:
     """Vectors per item, persisted under `root` (or kept in memory when root is None)."""
 
@@ -82,17 +89,32 @@ class FeatureCache:
         return table
 
     def _read_disk(self, namespace: str) -> dict[str, np.ndarray]:
+        """The table saved for `namespace`, or {} with a warning when the file is not a cache we wrote: a link or
+        FIFO, a corrupt or truncated archive, compressed members (ours are stored: a compressed one could
+        inflate without bound), or arrays of the wrong kind.  The file is replaced at the next save."""
         path = self._path(namespace)
         if not path.exists() and not path.is_symlink():
             return {}
         try:
-            check_target(path, "read the cache")  # a link or a FIFO is not a cache: recompute (and replace it)
+            check_target(path, "read the cache")
+            with zipfile.ZipFile(path) as archive:
+                members = archive.infolist()
+                if any(m.compress_type != zipfile.ZIP_STORED for m in members):
+                    raise ValueError("compressed members (agiqa-bench stores its caches uncompressed)")
+                declared = sum(m.file_size for m in members)
+                if declared > path.stat().st_size + (1 << 20):
+                    raise ValueError(f"members declare {declared:,} bytes in a {path.stat().st_size:,}-byte file")
             with np.load(path, allow_pickle=False) as data:
                 keys = [str(k) for k in data["keys"]]
                 values = data["values"]
+            if values.ndim != 2 or len(values) != len(keys) or values.dtype.kind not in "biuf":
+                raise ValueError(f"arrays of shape {values.shape} and dtype {values.dtype} for {len(keys)} keys")
             return {k: values[i] for i, k in enumerate(keys)}
-        except (OSError, ValueError, KeyError, StoreError):
-            return {}  # unreadable cache: recompute, it is only a cache
+        except (OSError, ValueError, KeyError, EOFError, StoreError, zipfile.BadZipFile, zlib.error) as exc:
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            warnings.warn(CacheWarning(f"cache {path} is unreadable ({why}); discarded, its values are recomputed"),
+                          stacklevel=2)
+            return {}
 
     def _save(self, namespace: str) -> None:
         if self.root is None:

@@ -156,6 +156,10 @@ def run(
     )
 
 
+#: The most threads one job may ask for on a Ray node (no machine this runs on has more cores).
+MAX_THREADS_PER_JOB = 512
+
+
 def _executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job=None) -> dict:
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -165,6 +169,15 @@ def _executor_options(executor, workers, ray_address, gpus_per_job, wait, thread
         executor = "serial"
     if threads_per_job is not None and threads_per_job < 1:
         raise ConfigError(f"--threads-per-job must be at least 1, got {threads_per_job}")
+    if threads_per_job is not None and executor != "ray" and not ray_address:
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if threads_per_job > cores:
+            raise ConfigError(f"--threads-per-job {threads_per_job}: this machine has {cores} core(s) for this run; "
+                              f"give at most {cores} (more threads than cores only slow every job down)")
+    if threads_per_job is not None and threads_per_job > MAX_THREADS_PER_JOB:
+        raise ConfigError(f"--threads-per-job {threads_per_job}: at most {MAX_THREADS_PER_JOB} on any node")
     return {"executor": executor, "workers": workers, "ray_address": ray_address, "gpus_per_job": gpus_per_job,
             "wait_for_lock": wait, "threads_per_job": threads_per_job}
 
@@ -281,7 +294,7 @@ def report(
             "csv": result.to_csv, "json": result.to_json}[fmt]()
     atomic_write_text(target, text + ("\n" if not text.endswith("\n") else ""), what="write the report")
     if fmt == "markdown":
-        print(text)
+        print(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 --out path prints escaped
     err_console.print(f"written to {plain(target)}" + (f" ({len(result.figures)} figure(s) in {target.parent / 'figures'})"
                                                   if result.figures else ""))
 

@@ -4,8 +4,11 @@
 labels generalises to another's images and raters, the question reviewers ask first.  The two datasets are
 joined into one `Dataset` so that the rest of the harness (jobs, executors, metrics, store) is unchanged:
 
-- the training dataset's items get the id and group prefix `train:` (the two sets may share file names:
-  two SynthAGIQA worlds, or the same set under two seeds); the test dataset's items keep theirs;
+- the training dataset's items get the id and group prefix `train:` and the test dataset's `test:` (the two
+  sets may share file names: two SynthAGIQA worlds, or the same set under two seeds; and any id may itself
+  start with `train:`), so ids never collide and each side is known by its prefix alone;
+- training and testing on the same image files is not generalisation: the run goes on (a sanity check is
+  legitimate) with a loud warning that says how many images the two sides share;
 - targets are matched by name, or by `--target-map TRAIN=TEST` (e.g. `overall=quality`: AGIQA-1k's one
   coupled MOS stands in for the test set's quality MOS).  A test target with no counterpart is an error
   before any work when asked for with `--target`; otherwise it is left out, and a run where nothing
@@ -31,6 +34,7 @@ from agiqa_bench.records import Dataset
 
 PROTOCOL = "cross-dataset"
 TRAIN_PREFIX = "train:"
+TEST_PREFIX = "test:"
 
 
 def parse_target_map(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -84,16 +88,46 @@ def combine(train: Dataset, test: Dataset, mapping: dict[str, str]) -> Dataset:
     items = [replace(it, id=TRAIN_PREFIX + it.id, group=TRAIN_PREFIX + it.group,
                      targets={t: it.targets[src] for t, src in mapping.items()}, meta={**it.meta, "part": "train"})
              for it in train.items]
-    items += [replace(it, targets={t: it.targets[t] for t in mapping}) for it in test.items]
+    items += [replace(it, id=TEST_PREFIX + it.id, group=TEST_PREFIX + it.group,
+                      targets={t: it.targets[t] for t in mapping}, meta={**it.meta, "part": "test"})
+              for it in test.items]
+    notes = [f"train: {n}" for n in train.notes] + list(test.notes)
+    shared = _shared_files(train, test)
+    if shared:
+        import warnings
+
+        from agiqa_bench.datasets._common import DataWarning
+
+        message = (f"cross-dataset run trains on {train.name} and tests on {test.name}, but {shared} of the "
+                   f"{len(test)} test images are the same files as training images: this measures fit, not "
+                   f"generalisation")
+        warnings.warn(DataWarning(message), stacklevel=2)
+        notes.append(message)
     return Dataset(name=f"{train.name}-to-{test.name}", items=items, targets=tuple(mapping),
-                   label_file=test.label_file, image_dir=test.image_dir,
-                   notes=[f"train: {n}" for n in train.notes] + list(test.notes),
-                   label_groups=[TRAIN_PREFIX + g for g in train.all_label_groups] + list(test.all_label_groups),
+                   label_file=test.label_file, image_dir=test.image_dir, notes=notes,
+                   label_groups=[TRAIN_PREFIX + g for g in train.all_label_groups]
+                   + [TEST_PREFIX + g for g in test.all_label_groups],
                    attributes=test.attributes)
+
+
+def _shared_files(train: Dataset, test: Dataset) -> int:
+    """How many test images are the same files (by resolved path) as training images."""
+    import os
+
+    seen = {os.path.realpath(it.image) for it in train.items if it.image is not None}
+    return sum(1 for it in test.items if it.image is not None and os.path.realpath(it.image) in seen)
 
 
 def is_train_item(item_id: str) -> bool:
     return item_id.startswith(TRAIN_PREFIX)
+
+
+def original_id(item_id: str) -> str:
+    """The id an item of a combined dataset has in its own dataset."""
+    for prefix in (TRAIN_PREFIX, TEST_PREFIX):
+        if item_id.startswith(prefix):
+            return item_id[len(prefix):]
+    return item_id
 
 
 def cross_splits(dataset: Dataset, repeats: int = 10, seed: int = 0, val_fraction: float = 0.1, *,

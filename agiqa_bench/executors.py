@@ -355,6 +355,8 @@ class RayExecutor:
             # token by itself, an explicit HOST:PORT join needs the mode said (the token comes from
             # ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)
             os.environ["RAY_AUTH_MODE"] = "token"
+        if self.address and self.address != "auto":
+            probe_address(self.address)  # bounded: Ray itself retries an unreachable head for minutes
         try:
             if self.address:
                 ray.init(address=self.address, **kwargs)
@@ -432,6 +434,34 @@ def default_workers(n_jobs: int, *, gpus: int = 0, gpus_per_job: float | None = 
     if gpus:
         n = min(n, max(1, int(gpus / (gpus_per_job or 1.0))))
     return n
+
+
+#: Seconds a `--ray-address HOST:PORT` may take to accept a TCP connection before the run gives up
+#: (AGIQA_BENCH_RAY_CONNECT_TIMEOUT overrides it).
+RAY_CONNECT_TIMEOUT = 10.0
+
+
+def probe_address(address: str) -> None:
+    """A one-line ConfigError, within `RAY_CONNECT_TIMEOUT` seconds, when nothing accepts connections at a Ray
+    address (`HOST:PORT` or `ray://HOST:PORT`)."""
+    import socket
+
+    text = address.split("://", 1)[-1].strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--ray-address must be auto or HOST:PORT (e.g. 127.0.0.1:6379), got {address!r}")
+    host = host.strip("[]")
+    try:
+        timeout = float(os.environ.get("AGIQA_BENCH_RAY_CONNECT_TIMEOUT", RAY_CONNECT_TIMEOUT))
+    except ValueError:
+        timeout = RAY_CONNECT_TIMEOUT
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {why} within {timeout:g} s; is its head "
+                          f"node running (`ray start --head`) and reachable from here?") from None
 
 
 def make_executor(kind: str | None, *, workers: int | None, n_jobs: int, ray_address: str | None = None,

@@ -105,7 +105,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, what: 
 
 
 def atomic_write_text(path: str | Path, text: str, *, what: str = "write") -> Path:
-    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), what=what)
+    """`text` as UTF-8; a character UTF-8 cannot hold (the surrogates Python uses for the bytes of a file name
+    that is not valid UTF-8) is written as its escape, `\\udcff`, so a report always writes and stays valid UTF-8."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8", "backslashreplace")), what=what)
 
 
 class RunLock:

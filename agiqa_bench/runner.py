@@ -310,20 +310,21 @@ def plan_run(
     if not isinstance(dataset, Dataset) and not isinstance(train_dataset, Dataset):
         from agiqa_bench.executors import DatasetSource
 
-        def describe(name, root, options, items) -> DatasetSource:
+        def describe(name, root, options, ids) -> DatasetSource:
             return DatasetSource(name=name, data_root=str(root) if root is not None else None,
                                  options={k: str(v) if isinstance(v, Path) else v for k, v in (options or {}).items()},
-                                 item_ids=tuple(it.id for it in items))
+                                 item_ids=tuple(ids))
 
         if cross:
-            from agiqa_bench.crossdata import is_train_item
+            from agiqa_bench.crossdata import is_train_item, original_id
 
-            test_items = [it for it in ds.items if not is_train_item(it.id)]
-            source = describe(dataset, data_root, dataset_options, test_items)
-            source = replace(source, train=describe(train_dataset, train_data_root, train_dataset_options, train_ds.items),
+            test_ids = [original_id(it.id) for it in ds.items if not is_train_item(it.id)]
+            source = describe(dataset, data_root, dataset_options, test_ids)
+            source = replace(source, train=describe(train_dataset, train_data_root, train_dataset_options,
+                                                    [it.id for it in train_ds.items]),
                              target_map=tuple(cross["target_map"].items()))
         else:
-            source = describe(dataset, data_root, dataset_options, ds.items)
+            source = describe(dataset, data_root, dataset_options, [it.id for it in ds.items])
     return Plan(ds, splits, resolved, data_hash(ds), source, cross)
 
 

@@ -11,6 +11,7 @@ import resource
 import struct
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,78 @@ def test_markup_and_escape_sequences_in_data_reach_the_terminal_literally(tmp_pa
     result = invoke("splits", "export", "--dataset", "agiqa3k", "--data-root", root, "--output", tmp_path / "s.json")
     one_line_error(result, "[red]", "[/bold]", "data.csv")
     assert "\x1b" not in result.output and "\\x1b" in result.output
+
+
+# -- run options beyond the machine ------------------------------------------------------------------------
+def test_threads_per_job_beyond_the_machine_is_refused(tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    one_line_error(invoke("run", "--methods", "cpbd", "--repeats", "1", "--threads-per-job", cores + 1, "--out",
+                          tmp_path / "runs"), f"this machine has {cores} core(s)")
+    one_line_error(invoke("run", "--methods", "cpbd", "--repeats", "1", "--threads-per-job", 100000,
+                          "--executor", "ray", "--out", tmp_path / "runs"), "at most 512")
+    assert not (tmp_path / "runs" / "results.sqlite").exists()
+
+
+def test_an_unreachable_ray_address_fails_fast_in_one_line(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AGIQA_BENCH_RAY_CONNECT_TIMEOUT", "2")
+    t0 = time.monotonic()
+    result = invoke("run", "--methods", "cpbd", "--repeats", "1", "--executor", "ray", "--ray-address",
+                    f"127.0.0.1:{port}", "--out", tmp_path / "runs")
+    one_line_error(result, f"127.0.0.1:{port}", "cannot connect to the Ray cluster")
+    assert time.monotonic() - t0 < 20
+
+
+def test_an_out_folder_that_is_not_utf8_still_reports(tmp_path):
+    import os
+
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xff\xfeout")
+    assert invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--repeats", "1",
+                  "--out", out, "--executor", "serial").exit_code == 0
+    for fmt in ("markdown", "html", "json", "csv"):
+        done = invoke("report", "--out", out, "--format", fmt, "--bootstrap", "0")
+        assert done.exit_code == 0 and "Traceback" not in done.output, done.output
+    (Path(out) / "leaderboard.md").read_text(encoding="utf-8")  # valid UTF-8
+
+
+# -- caches are only caches ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "compressed-bomb", "wrong-arrays"])
+def test_a_damaged_cache_is_discarded_and_recomputed_with_a_warning(damage, tmp_path):
+    from agiqa_bench.cache import CacheWarning, FeatureCache
+    from agiqa_bench.records import Item
+
+    items = [Item(str(i), tmp_path / f"{i}.png", "", {}, str(i)) for i in range(4)]
+    calls = []
+
+    def compute(item):
+        calls.append(item.id)
+        return np.array([float(item.id), 1.0])
+
+    FeatureCache(tmp_path / "c").get("ns", items, compute)
+    path = tmp_path / "c" / "ns.npz"
+    assert len(calls) == 4 and path.is_file()
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip at all")
+    elif damage == "compressed-bomb":
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            with archive.open("values.npy", "w", force_zip64=True) as fh:
+                for _ in range(1400):
+                    fh.write(b"\0" * (1 << 20))
+    else:
+        np.savez(path, keys=np.array(["0", "1"]), values=np.array(["x", "y"]))
+    before = peak_mb()
+    with pytest.warns(CacheWarning, match="discarded"):
+        again = FeatureCache(tmp_path / "c").get("ns", items, compute)
+    assert peak_mb() - before < 300
+    assert len(calls) == 8 and np.allclose(again[:, 0], [0, 1, 2, 3])
+    assert len(FeatureCache(tmp_path / "c").get("ns", items, compute)) == 4 and len(calls) == 8  # rewritten whole

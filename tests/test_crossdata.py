@@ -63,7 +63,7 @@ def test_combined_dataset_keeps_the_two_sides_apart():
     assert len(trained) == len(train) and all(it.group.startswith("train:") for it in trained)
     assert trained[0].targets == {"quality": train.items[0].targets["overall"]}
     tested = [it for it in ds.items if not it.id.startswith("train:")]
-    assert [it.id for it in tested] == [it.id for it in test.items]  # same file names on both sides are fine
+    assert [it.id for it in tested] == ["test:" + it.id for it in test.items]  # same file names on both sides are fine
     assert tested[0].targets == {"quality": test.items[0].targets["quality"]}
 
 
@@ -155,3 +155,26 @@ def test_cross_dataset_cli_errors_are_one_line(two_worlds, tiny_agiqa3k, tmp_pat
     assert result.exit_code == 2 and "no target 'overall'" in result.output and "Traceback" not in result.output
     result = invoke("run", "--train-data-root", train_root, "--methods", "ceiq", "--out", tmp_path)
     assert result.exit_code == 2 and "--train-dataset" in result.output
+
+
+def test_ids_that_look_like_the_other_side_never_collide():
+    """A test item named like a prefixed training item (or carrying the prefix itself) stays on its side."""
+    from agiqa_bench.crossdata import is_train_item, original_id
+
+    train, test = toy("a", ("quality",)), toy("b", ("quality",))
+    test = replace(test, items=[replace(it, id="train:" + it.id) for it in test.items])
+    ds = combine(train, test, {"quality": "quality"})
+    assert len({it.id for it in ds.items}) == len(train) + len(test)
+    tested = [it for it in ds.items if not is_train_item(it.id)]
+    assert [original_id(it.id) for it in tested] == [it.id for it in test.items]
+    splits = cross_splits(ds, repeats=1)
+    assert len(splits[0].test) == len(test) and not set(splits[0].test) & set(splits[0].train)
+
+
+def test_training_and_testing_on_the_same_files_warns(tmp_path):
+    from agiqa_bench.datasets._common import DataWarning
+
+    train = toy("a", ("quality",))
+    with pytest.warns(DataWarning, match="same files as training images"):
+        ds = combine(train, replace(train, name="b"), {"quality": "quality"})
+    assert any("not generalisation" in n for n in ds.notes)
