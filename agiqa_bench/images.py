@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -71,6 +72,15 @@ def _opened(source, label: str, cap: int | None):
     """`Image.open` of a path or bytes, the size checked against the cap before any pixel is decoded."""
     cap = max_pixels() if cap is None else cap
     Image.MAX_IMAGE_PIXELS = max(cap, 1)  # PIL's own bomb check follows ours (it errors above twice this)
+    if not isinstance(source, (bytes, bytearray)):
+        try:
+            mode = os.stat(source).st_mode
+        except FileNotFoundError:
+            raise _error(f"image not found: {label}", "not found") from None
+        except OSError as exc:
+            raise _undecodable(label, exc) from None
+        if not stat.S_ISREG(mode):  # a FIFO would block the read, a device never end
+            raise _error(f"image {label} is not a regular file (a folder, FIFO or device)", "not a regular file")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap decides, not PIL's warning
         try:

@@ -300,3 +300,14 @@ def test_a_damaged_cache_is_discarded_and_recomputed_with_a_warning(damage, tmp_
     assert peak_mb() - before < 300
     assert len(calls) == 8 and np.allclose(again[:, 0], [0, 1, 2, 3])
     assert len(FeatureCache(tmp_path / "c").get("ns", items, compute)) == 4 and len(calls) == 8  # rewritten whole
+
+
+def test_a_fifo_image_never_blocks(tmp_path):
+    import os
+
+    root = make_tiny_agiqa3k(tmp_path / "agiqa3k")
+    first = sorted((root / "images").iterdir())[0]
+    first.unlink()
+    os.mkfifo(first)
+    one_line_error(invoke("run", "--methods", "cpbd", "--dataset", "agiqa3k", "--data-root", root, "--repeats", "1",
+                          "--out", tmp_path / "runs", "--executor", "serial"), "data.csv", first.name)
