@@ -10,6 +10,12 @@ leaves a half-written cache.
 Several processes may fill one namespace at once (the parallel executors): each
 save takes the namespace's lock file, merges the entries already on disk with its
 own, and only then replaces the file, so no writer drops another's entries.
+
+The map phase (`agiqa_bench.jobs.Shard`) computes a method's per-image values on a
+worker that may share no disk with the driver: inside `recording()`, every value a
+cache hands out is also recorded (and nothing is saved locally); the recording
+travels back to the driver, which `merge`s it into the run's cache.  A worker that
+cannot see that cache gets the values handed to it (`seed`).
 """
 
 from __future__ import annotations
@@ -66,6 +72,40 @@ def namespace_for(name: str, params: dict) -> str:
     return f"{safe}-{digest}"
 
 
+#: While a map shard runs: namespace -> {key: value} of every value a cache handed out (see `recording`).
+_recording: dict[str, dict[str, np.ndarray]] | None = None
+#: Values the driver handed this worker (namespace -> {key: value}), read before the disk (see `seed`).
+_seeded: dict[str, dict[str, np.ndarray]] = {}
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, every cache records the values it hands out (read or computed) into the yielded
+    dict, and saves nothing to disk: the driver merges the recording into the run's cache."""
+    global _recording
+    previous, _recording = _recording, {}
+    try:
+        yield _recording
+    finally:
+        _recording = previous
+
+
+def seed(tables: dict[str, dict[str, np.ndarray]] | None) -> None:
+    """Hand this process the values of the map phase (namespace -> {key: value}); caches read them first."""
+    _seeded.clear()
+    for namespace, table in (tables or {}).items():
+        _seeded[namespace] = dict(table)
+
+
+def merge(root: str | Path, tables: dict[str, dict[str, np.ndarray]]) -> None:
+    """Add recorded values to the cache under `root`, one locked read-merge-write per namespace."""
+    cache = FeatureCache(root)
+    for namespace, table in tables.items():
+        if table:
+            cache._memory[namespace] = dict(table)
+            cache._save(namespace)
+
+
 class CacheWarning(UserWarning):
     """A cache file was discarded (it is only a cache: its values are recomputed)."""
 
@@ -85,6 +125,8 @@ class FeatureCache:
         if namespace in self._memory:
             return self._memory[namespace]
         table = self._read_disk(namespace) if self.root is not None else {}
+        for key, value in _seeded.get(namespace, {}).items():
+            table.setdefault(key, value)
         self._memory[namespace] = table
         return table
 
@@ -117,7 +159,7 @@ class FeatureCache:
             return {}
 
     def _save(self, namespace: str) -> None:
-        if self.root is None:
+        if self.root is None or _recording is not None:  # a map shard's values go to the driver instead
             return
         self.root.mkdir(parents=True, exist_ok=True)
         with file_lock(self.root / f"{namespace}.lock"):
@@ -160,4 +202,8 @@ class FeatureCache:
                 self._save(namespace)
         if todo:
             self._save(namespace)
+        if _recording is not None:
+            record = _recording.setdefault(namespace, {})
+            for key in keys:
+                record[key] = table[key]
         return np.stack([np.atleast_1d(table[k]) for k in keys]) if keys else np.zeros((0, 0))

@@ -85,52 +85,88 @@ class WorkerContext:
 class JobOutcome:
     index: int
     rows: list | None = None  # ResultRows of a finished job
+    values: dict | None = None  # a finished map shard's per-image values ({namespace: {key: vector}})
     error: str | None = None  # the error message of a failed job
     unavailable: bool = False  # the error says the method cannot run here (weights, packages)
     tries: int = 1
 
 
-def longest_first(jobs: Sequence) -> list[int]:
-    """Job indices in the order workers take them: zero-shot scoring first, then trainable torch methods,
-    then feature + SVR fits; the plan's order within each class (stable).
+def is_shard(job) -> bool:
+    return not hasattr(job, "split")
 
-    A zero-shot method's jobs run one at a time (`exclusive`), so they start first: each lane then runs
-    beside the trainings, which fill every other worker, instead of forming a one-worker tail at the end.
-    The torch trainings, the longest jobs, come next, and the short SVR fits last, so the tail is short."""
+
+def longest_first(jobs: Sequence) -> list[int]:
+    """Job indices in the order workers take them: map shards first (the jobs of their methods wait for them),
+    then zero-shot scoring without a map phase, then trainable torch methods, then the rest (feature + SVR
+    fits, zero-shot metrics read from the cache); the plan's order within each class (stable).
+
+    A zero-shot method without per-image caching runs its jobs one at a time (`exclusive`), so they start
+    early: each lane then runs beside the trainings instead of forming a one-worker tail at the end.  The torch
+    trainings, the longest jobs, come next, and the short fits last, so the tail is short."""
     def rank(job) -> int:
-        spec = job.method.spec
-        if spec.kind == "zero-shot":
+        if is_shard(job):
             return 0
-        return 1 if spec.kind == "trainable" and spec.family in ("ours", "deep") else 2
+        spec = job.method.spec
+        if exclusive(job) is not None:
+            return 1
+        return 2 if spec.kind == "trainable" and spec.family in ("ours", "deep") else 3
 
     return sorted(range(len(jobs)), key=lambda i: rank(jobs[i]))
 
 
 def exclusive(job) -> str | None:
-    """The lane a job must run in alone, or None.  The jobs of one zero-shot method run one at a time, in the
-    plan's order: the first scores its images and the rest reuse the cached scores, so a batched scorer sees
-    the same batches as in the serial loop (bitwise equal scores) and no image is scored twice.  Trainings
-    (torch, and feature + SVR fits, whose features are per image) run side by side."""
-    return job.method.name if job.method.spec.kind == "zero-shot" else None
+    """The lane a job must run in alone, or None.  The jobs of a zero-shot method that has no map phase run one
+    at a time, in the plan's order (a batched scorer then sees the serial loop's batches).  Methods with a map
+    phase read their values from the cache, computed once per image by the shards, so their jobs, shards and
+    trainings all run side by side."""
+    m = job.method
+    return m.name if m.spec.kind == "zero-shot" and not m.per_image and not is_shard(job) else None
 
 
-def requeue(pending: deque, index: int, position: dict[int, int]) -> None:
-    """Put a job back where the longest-first order had it (so a retried job keeps its lane's order)."""
-    ordered = sorted([*pending, index], key=position.__getitem__)
-    pending.clear()
-    pending.extend(ordered)
+class Schedule:
+    """Which job a free worker takes next: longest first (`longest_first`), a zero-shot lane's jobs one at a time
+    (`exclusive`), and a method's jobs only once every one of its map shards has finished (`done` counts them)."""
 
+    def __init__(self, jobs: Sequence):
+        self.jobs = jobs
+        self.pending = deque(longest_first(jobs))
+        self.position = {i: k for k, i in enumerate(self.pending)}
+        self.busy: set = set()
+        self.maps_left: dict[str, int] = {}
+        for job in jobs:
+            if is_shard(job):
+                self.maps_left[job.method.name] = self.maps_left.get(job.method.name, 0) + 1
 
-def take_next(pending: deque, jobs: Sequence, busy: set) -> int | None:
-    """The first pending job whose lane is free (removed from `pending`), or None."""
-    for k, i in enumerate(pending):
-        lane = exclusive(jobs[i])
-        if lane is None or lane not in busy:
-            del pending[k]
-            if lane is not None:
-                busy.add(lane)
-            return i
-    return None
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    def ready(self, i: int) -> bool:
+        job = self.jobs[i]
+        return is_shard(job) or not self.maps_left.get(job.method.name, 0)
+
+    def take(self) -> int | None:
+        """The first pending job that is ready and whose lane is free (removed from pending), or None."""
+        for k, i in enumerate(self.pending):
+            lane = exclusive(self.jobs[i])
+            if self.ready(i) and (lane is None or lane not in self.busy):
+                del self.pending[k]
+                if lane is not None:
+                    self.busy.add(lane)
+                return i
+        return None
+
+    def finished(self, i: int) -> None:
+        """Job `i` is over for good (done, failed, or given up): free its lane, count its shard."""
+        self.busy.discard(exclusive(self.jobs[i]))
+        if is_shard(self.jobs[i]):
+            self.maps_left[self.jobs[i].method.name] -= 1
+
+    def retry(self, i: int) -> None:
+        """Job `i` goes back where the longest-first order had it (its lane freed)."""
+        self.busy.discard(exclusive(self.jobs[i]))
+        ordered = sorted([*self.pending, i], key=self.position.__getitem__)
+        self.pending.clear()
+        self.pending.extend(ordered)
 
 
 # -- the worker side ---------------------------------------------------------------------------
@@ -143,7 +179,7 @@ def _dataset_for(ctx: WorkerContext):
     cached = _worker_state.get("dataset")
     if cached is not None and cached[0] == key:
         return cached[1]
-    from agiqa_bench.runner import data_hash
+    from agiqa_bench.jobs import data_hash
 
     ds = ctx.source.load()
     if data_hash(ds) != ctx.data_hash:
@@ -169,14 +205,16 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
-    """Run one job in this process; an error becomes an outcome, never an exception."""
-    from agiqa_bench.runner import WorkerPlan, job_rows
+    """Run one job (or map shard) in this process; an error becomes an outcome, never an exception."""
+    from agiqa_bench.device import resolve_device
+    from agiqa_bench.jobs import WorkerPlan, job_rows, shard_values
 
     try:
         plan = WorkerPlan(dataset=_dataset_for(ctx), data_hash=ctx.data_hash, split_protocol=ctx.split_protocol,
                           split_family=ctx.split_family, split_params=ctx.split_params, cross=ctx.cross)
-        from agiqa_bench.device import resolve_device
-
+        if is_shard(job):
+            return JobOutcome(index, values=shard_values(job, plan, device=resolve_device(ctx.device),
+                                                         out=Path(ctx.out)))
         rows = job_rows(job, plan, device=resolve_device(ctx.device), out=Path(ctx.out),
                         keep_checkpoints=ctx.keep_checkpoints)
         return JobOutcome(index, rows=rows)
@@ -268,42 +306,44 @@ class LocalExecutor:
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        pending = deque(longest_first(jobs))
-        position = {i: k for k, i in enumerate(pending)}
-        tries = {i: 0 for i in pending}
-        while pending:
+        schedule = Schedule(jobs)
+        tries = {i: 0 for i in range(len(jobs))}
+        while schedule:
             pool = self._new_pool(ctx)
             inflight: dict = {}
             broken = False
-            busy: set = set()
-            while (pending or inflight) and not broken:
+            while (schedule or inflight) and not broken:
                 while len(inflight) < self.workers:
-                    i = take_next(pending, jobs, busy)
+                    i = schedule.take()
                     if i is None:
                         break
                     tries[i] += 1
                     inflight[pool.submit(_local_task, i, jobs[i])] = i
+                if not inflight:  # nothing ready and nothing running: cannot happen with a well-formed plan
+                    raise RuntimeError("the schedule has pending jobs but none is ready")
                 done, _ = wait(inflight, return_when=FIRST_COMPLETED)
                 for fut in done:
                     i = inflight.pop(fut)
-                    busy.discard(exclusive(jobs[i]))
                     try:
                         outcome = fut.result()
                     except BrokenProcessPool:
                         broken = True
                         if tries[i] >= self.max_tries:
+                            schedule.finished(i)
                             yield _failure(i, tries[i], "its process died")
                         else:
-                            requeue(pending, i, position)
+                            schedule.retry(i)
                         continue
                     outcome.tries = tries[i]
+                    schedule.finished(i)
                     yield outcome
             if broken:  # every job in flight on the broken pool is run again (or given up)
                 for fut, i in inflight.items():
                     if tries[i] >= self.max_tries:
+                        schedule.finished(i)
                         yield _failure(i, tries[i], "its process died")
                     else:
-                        requeue(pending, i, position)
+                        schedule.retry(i)
             self.close()
 
     def close(self) -> None:
@@ -321,8 +361,11 @@ def _ray_token_present() -> bool:
                 or (Path.home() / ".ray" / "auth_token").is_file())
 
 
-def _ray_task(ctx: WorkerContext, index: int, job, threads: int | None) -> JobOutcome:
+def _ray_task(ctx: WorkerContext, index: int, job, threads: int | None, seed=None) -> JobOutcome:
+    from agiqa_bench.cache import seed as seed_cache
+
     set_threads(threads)
+    seed_cache(seed)  # the method's map values (None for a shard): read before this node's disk
     return run_one(ctx, index, job)
 
 
@@ -381,31 +424,46 @@ class RayExecutor:
         return out
 
     def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
+        """Tasks as the schedule makes them ready.  A method's jobs are handed its map values through the object
+        store (`seeds`), so a node that cannot see the driver's cache folder never recomputes them."""
         import ray
 
         self._connect()
         task = ray.remote(_ray_task)
         ctx_ref = ray.put(ctx)
-        order = deque(longest_first(jobs))
+        schedule = Schedule(jobs)
         limit = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        values: dict[str, dict] = {}  # method -> its shards' values so far
+        seeds: dict[str, Any] = {}  # method -> object ref of all its values, once its shards are done
         inflight: dict = {}
-        busy: set = set()
-        while order or inflight:
+        while schedule or inflight:
             while len(inflight) < limit:
-                i = take_next(order, jobs, busy)
+                i = schedule.take()
                 if i is None:
                     break
-                res = self.resources(jobs[i])
-                ref = task.options(max_retries=self.max_tries - 1, **res).remote(ctx_ref, i, jobs[i], ctx.threads)
+                job = jobs[i]
+                seed = None if is_shard(job) else seeds.get(job.method.name)
+                ref = task.options(max_retries=self.max_tries - 1, **self.resources(job)).remote(
+                    ctx_ref, i, job, ctx.threads, seed)
                 inflight[ref] = i
+            if not inflight:
+                raise RuntimeError("the schedule has pending jobs but none is ready")
             ready, _ = ray.wait(list(inflight), num_returns=1)
             for ref in ready:
                 i = inflight.pop(ref)
-                busy.discard(exclusive(jobs[i]))
                 try:
-                    yield ray.get(ref)
+                    outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the worker or its node died, after Ray's retries
-                    yield _failure(i, self.max_tries, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                    outcome = _failure(i, self.max_tries, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                job = jobs[i]
+                if is_shard(job):
+                    name = job.method.name
+                    for namespace, table in (outcome.values or {}).items():
+                        values.setdefault(name, {}).setdefault(namespace, {}).update(table)
+                schedule.finished(i)
+                if is_shard(job) and not schedule.maps_left[job.method.name]:
+                    seeds[job.method.name] = ray.put(values.pop(job.method.name, {}))
+                yield outcome
 
     def close(self) -> None:
         if self._started:

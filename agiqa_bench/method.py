@@ -178,6 +178,11 @@ class Method:
     #: range's scale; None hands over the raw labels (the method then owes the same invariance itself).
     label_scale: ClassVar[LabelScale | None] = STANDARD
 
+    #: True when the method computes per-image values through `agiqa_bench.cache.FeatureCache` (handcrafted
+    #: features, zero-shot scores, frozen-encoder features): the runner's map phase then computes each image's
+    #: values once, spread over every worker, before the method's jobs, which read them from the cache.
+    per_image: ClassVar[bool] = False
+
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
                  *, name: str | None = None):
         self.spec = spec
@@ -188,6 +193,11 @@ class Method:
         self.targets: tuple[str, ...] = ()
         #: Set by the runner before `fit`: how the labels it hands over were mapped (None: raw labels).
         self.label_map: LabelMap | None = None
+
+    def precompute(self, items: Sequence[Item]) -> None:
+        """The map phase's work for `items` (a method with `per_image`): compute and cache their per-image values.
+        Default: `predict`, whose per-image scores a zero-shot method's cache keeps."""
+        self.predict(items)
 
     # -- training -----------------------------------------------------------------
     def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:

@@ -10,25 +10,34 @@ error and the run goes on with the others.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
-import time
-import warnings
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from agiqa_bench import __version__
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import ConfigError
-from agiqa_bench.labels import LabelMap
-from agiqa_bench.method import MethodContext, MethodSpec
-from agiqa_bench.metrics import evaluate
+from agiqa_bench.cache import merge
+from agiqa_bench.jobs import (  # noqa: F401  (re-exported: the runner's public names)
+    SHARD_SIZE,
+    Job,
+    Shard,
+    cache_dir,
+    plan_shards,
+    MethodRun,
+    WorkerPlan,
+    ablation_components,
+    data_hash,
+    fit_predict,
+    job_rows,
+    method_seed,
+    row_base,
+    run_job,
+)
+from agiqa_bench.method import MethodSpec
+from agiqa_bench.outputs import RunLock
 from agiqa_bench.records import Dataset
 from agiqa_bench.registry import (
     build_method,
@@ -39,17 +48,8 @@ from agiqa_bench.registry import (
     method_params,
     split_name,
 )
-from agiqa_bench.splits import Split, SplitSet, make_splits
-from agiqa_bench.outputs import RunLock
+from agiqa_bench.splits import SplitSet, make_splits
 from agiqa_bench.store import ResultRow, ResultStore
-
-
-def data_hash(dataset: Dataset) -> str:
-    """Fingerprint of the labels: ids, groups and target values."""
-    h = hashlib.sha256()
-    for item in dataset.items:
-        h.update(f"{item.id}|{item.group}|{sorted(item.targets.items())}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def config_hash(method: str, config: dict, runtime: Sequence[str] = (), *, version: str = "1",
@@ -90,75 +90,6 @@ def overrides_for(name: str, overrides: dict[str, dict[str, Any]]) -> dict[str, 
     return merged
 
 
-def method_seed(seed: int, repeat: int, method: str) -> int:
-    return (seed * 1_000_003 + repeat * 7919 + zlib.crc32(method.encode())) % (2**31 - 1)
-
-
-@dataclass(frozen=True)
-class MethodRun:
-    """One method of a plan, fully resolved: what it is, how it is configured, what it runs on.
-
-    Plain, picklable data: no open files, no models.  `config` is the resolved parameter set
-    (dataset defaults, variant and `--set` applied once, here); `config_hash` keys its rows.
-    """
-
-    name: str
-    spec: MethodSpec
-    overrides: dict  # the user's --set values for it (scored ones label the method in tables)
-    config: dict
-    config_hash: str
-    targets: tuple[str, ...]
-    #: How its targets are fitted: one group for joint / zero-shot methods, else one per target.
-    target_groups: tuple[tuple[str, ...], ...]
-    version: str = "1"
-    weights: dict = field(default_factory=dict)  # param -> identity of the file it names
-    runtime_params: tuple[str, ...] = ()
-
-    @property
-    def labelled_overrides(self) -> dict:
-        """The overrides that change scores (what a table label names)."""
-        return {k: v for k, v in self.overrides.items() if k not in self.runtime_params}
-
-    def provenance(self) -> dict:
-        """What a report needs to know about the method without today's registry."""
-        spec = self.spec
-        return {"family": spec.family, "kind": spec.kind, "lower_is_better": spec.lower_is_better,
-                "approximation": spec.approximation, "summary": spec.summary, "reference": spec.reference,
-                "version": self.version, "weights": self.weights,
-                "components": ablation_components(spec, self.config)}
-
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work: a method run x one split x one target group.  Picklable."""
-
-    method: MethodRun
-    split: Split
-    targets: tuple[str, ...]
-
-    def keys(self, dataset: str, data_hash: str) -> dict[str, tuple]:
-        m, sp = self.method, self.split
-        return {t: (dataset, data_hash, t, m.name, m.config_hash, sp.hash, sp.repeat) for t in self.targets}
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What `job_rows` needs of a plan: the dataset and the facts its rows carry (what a worker holds)."""
-
-    dataset: Dataset
-    data_hash: str
-    split_protocol: str
-    split_family: str
-    split_params: dict
-    #: A cross-dataset run's facts (train/test dataset names and label hashes, the target map); None otherwise.
-    cross: dict | None = None
-
-    @property
-    def store_dataset(self) -> str:
-        """The dataset name rows are stored under (a cross-dataset run's: the test dataset's)."""
-        return self.cross["test_dataset"] if self.cross else self.dataset.name
-
-
 @dataclass
 class Plan:
     """A validated run: what will be computed, before any work starts."""
@@ -192,14 +123,6 @@ class Plan:
         return [Job(m, split, group) for m in self.methods
                 for split in (self.splits.splits[:1] if once and m.spec.kind == "zero-shot" else self.splits.splits)
                 for group in m.target_groups]
-
-
-def ablation_components(spec: MethodSpec, config: dict) -> dict[str, bool]:
-    """Which ablation components (the spec's `ablation_components` function) a configuration switches on."""
-    if not spec.ablation_components:
-        return {}
-    module, _, attr = spec.ablation_components.partition(":")
-    return dict(getattr(importlib.import_module(module), attr)(config))
 
 
 @dataclass
@@ -352,9 +275,11 @@ def resolve_method(name: str, spec: MethodSpec, overrides: dict, dataset: str, t
     scale = cls.label_scale if spec.kind == "trainable" else None
     chash = config_hash(name, config, cls.runtime_params, version=cls.version, weights=weights,
                         labels=f"standardised on the training part, then {scale.describe()}" if scale else None)
+    batch = int(config.get("batch_size" if spec.kind == "zero-shot" else "eval_batch_size", 0) or 0)
     return MethodRun(name=name, spec=spec, overrides=dict(overrides), config=config, config_hash=chash,
                      targets=targets, target_groups=groups, version=cls.version, weights=weights,
-                     runtime_params=tuple(cls.runtime_params))
+                     runtime_params=tuple(cls.runtime_params), per_image=bool(getattr(cls, "per_image", False)),
+                     batch=batch)
 
 
 def _check_prompts(name: str, ds: Dataset) -> None:
@@ -367,97 +292,6 @@ def _check_prompts(name: str, ds: Dataset) -> None:
             f"method {name!r} scores images against their prompts, but {len(missing)} of {len(ds.items)} items of "
             f"{ds.name!r} have an empty prompt (first: {', '.join(missing[:3])}); fill them in or drop those rows"
         )
-
-
-def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, float, float, dict]:
-    """Train one model on the job's targets; (n_test, len(targets)) predictions, fit and predict seconds, info."""
-    m = job.method  # built from the job's own spec: a worker process needs no registry lookup
-    method = load_class(m.spec)(m.spec, m.config, context, name=m.name)
-    split = job.split
-    return fit_predict(method, ds.subset(split.train), ds.subset(split.val), ds.subset(split.test), job.targets)
-
-
-def fit_predict(method, train: Sequence, val: Sequence, test: Sequence,
-                targets: Sequence[str]) -> tuple[np.ndarray, float, float, dict]:
-    """The runner's contract with a method: fit on `train` (selecting on `val`), predict `test`.
-
-    A trainable method sees its labels on its `label_scale` (fitted on `train` alone, `agiqa_bench.labels`);
-    its predictions come back in the dataset's units.  Returns (n_test, len(targets)) predictions, fit and
-    predict seconds, and the method's info (with the label map applied, if any).
-    """
-    targets = tuple(targets)
-    scale = type(method).label_scale if method.spec.kind == "trainable" else None
-    label_map = LabelMap.fit(train, targets, scale) if scale is not None and train else None
-    if label_map is not None:
-        method.label_map = label_map
-        train, val = label_map.items(train), label_map.items(val)
-    if method.uses_test_oracle:  # selection on the test part, as the reference code; labelled in reports
-        method.set_oracle(label_map.items(test) if label_map is not None else test)
-    t0 = time.perf_counter()
-    method.fit(train, val, targets)
-    t1 = time.perf_counter()
-    pred = np.asarray(method.predict(test), dtype=np.float64)
-    t2 = time.perf_counter()
-    if pred.ndim == 1:
-        pred = np.repeat(pred[:, None], len(targets), axis=1)
-    if pred.shape != (len(test), len(targets)):
-        raise RuntimeError(f"{method.name}.predict returned shape {pred.shape}, "
-                           f"expected ({len(test)}, {len(targets)})")
-    info = dict(getattr(method, "info", {}) or {})
-    if label_map is not None:
-        pred = label_map.inverse(pred)
-        info["label_map"] = label_map.to_dict()
-    return pred, t1 - t0, t2 - t1, info
-
-
-def job_rows(job: Job, plan: Plan | WorkerPlan, *, device: str, out: Path, keep_checkpoints: bool) -> list[ResultRow]:
-    """Run one job and turn its outcome into result rows ('ok' rows with metrics, or raise)."""
-    plan = plan.worker_plan() if isinstance(plan, Plan) else plan
-    ds, m, split = plan.dataset, job.method, job.split
-    context = MethodContext(
-        device=device, seed=method_seed(plan.split_params.get("seed", 0), split.repeat, m.name),
-        repeat=split.repeat, dataset=ds.name, cache_dir=out / "cache" / ds.name / plan.data_hash,
-        workdir=out, keep_checkpoints=keep_checkpoints)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pred, fit_s, pred_s, info = run_job(job, ds, context)
-        info = {**info, "threads": _threads()}
-        test_items = ds.subset(split.test)
-        rows = []
-        for j, target in enumerate(job.targets):
-            mos = ds.target_array(test_items, target)
-            scores = evaluate(pred[:, j], mos, lower_is_better=m.spec.lower_is_better)
-            rows.append(ResultRow(target=target, status="ok", metrics=scores.as_dict(), fit_seconds=fit_s,
-                                  predict_seconds=pred_s, info=info, item_ids=split.test, predictions=pred[:, j],
-                                  mos=mos, item_groups=[it.group for it in test_items],
-                                  item_generators=[it.generator for it in test_items],
-                                  item_attributes=[{a: ds.attribute(it, a) for a in ds.attributes} for it in test_items]
-                                  if ds.attributes else (),
-                                  **row_base(job, plan)))
-    for row in rows:
-        row.info = {**row.info, "warnings": sorted({str(w.message) for w in caught})[:5]}
-    return rows
-
-
-def _threads() -> int | None:
-    """torch's intra-op threads for this job (CPU results depend on them), if torch is loaded."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch.get_num_threads() if torch is not None else None
-
-
-def row_base(job: Job, plan: Plan | WorkerPlan) -> dict:
-    """The fields every row of a job shares, whatever its outcome."""
-    plan = plan.worker_plan() if isinstance(plan, Plan) else plan
-    m, split = job.method, job.split
-    cross = plan.cross or {}
-    return dict(dataset=plan.store_dataset, data_hash=plan.data_hash, train_dataset=cross.get("train_dataset"),
-                train_data_hash=cross.get("train_data_hash"), test_data_hash=cross.get("test_data_hash"),
-                method=m.name, config_hash=m.config_hash,
-                split_protocol=plan.split_protocol, split_family=plan.split_family, split_hash=split.hash,
-                repeat=split.repeat, config=m.config, overrides=m.labelled_overrides, harness_version=__version__,
-                method_info=m.provenance(), n_train=len(split.train), n_val=len(split.val), n_test=len(split.test))
 
 
 def execute(
@@ -475,9 +309,17 @@ def execute(
     gpus_per_job: float | None = None,
     wait_for_lock: bool = False,
     threads_per_job: int | None = None,
+    shard_size: int = SHARD_SIZE,
 ) -> RunSummary:
     """Run a plan's jobs on an executor (`agiqa_bench.executors`: serial, local, ray, or an executor object),
     writing into `<out>/results.sqlite` here, in the driver: one transaction per job, as outcomes arrive.
+
+    Two phases, pipelined per method.  Map: the per-image values (features, zero-shot scores) of every method
+    that caches them are computed once per distinct image, in shards of `shard_size` sorted item ids
+    (`agiqa_bench.jobs.plan_shards`) spread over every worker; their values come back here and are merged into
+    the run's cache (`agiqa_bench.cache.merge`) as each method's shards finish.  Reduce: each (method, repeat,
+    target group) job, which reads those values from the cache (fit, predict, metrics), runs once its method's
+    shards are done; methods without per-image values (the torch trainings) run from the start.
 
     A lock file keeps a second run off the same `out` (it refuses, or waits with `wait_for_lock`).
     Every job runs with `threads_per_job` torch/BLAS threads (default: the cores shared among the workers):
@@ -501,24 +343,44 @@ def execute(
                 summary.skipped += len(job.targets)
             else:
                 todo.append(job)
+        shards = plan_shards(todo, shard_size)
+        work = [*shards, *todo]  # the serial order: every shard before the jobs that read its values
         exe = executor if not isinstance(executor, (str, type(None))) else make_executor(
-            executor, workers=workers, n_jobs=len(todo), ray_address=ray_address, gpus_per_job=gpus_per_job,
+            executor, workers=workers, n_jobs=len(work), ray_address=ray_address, gpus_per_job=gpus_per_job,
             device=device)
         summary.executor, summary.workers = exe.name, exe.workers or 0
+        maps: dict[str, dict] = {}
+        for shard in shards:
+            entry = maps.setdefault(shard.method.name, {"shards": 0, "images": 0, "values": {}})
+            entry["shards"] += 1
+            entry["images"] += len(shard.item_ids)
         for m in plan.methods:
             n = sum(1 for job in todo if job.method.name == m.name)
-            emit("method", {"method": m.name, "repeats": len(splits), "fits": len(m.target_groups), "todo": n})
-        emit("start", {"jobs": len(todo), "executor": exe.name, "workers": exe.workers})
+            emit("method", {"method": m.name, "repeats": len(splits), "fits": len(m.target_groups), "todo": n,
+                            "images": maps.get(m.name, {}).get("images", 0)})
+        emit("start", {"jobs": len(todo), "shards": len(shards), "executor": exe.name, "workers": exe.workers})
         cores = os.cpu_count() or 1
         ctx = WorkerContext(source=plan.source if plan.source is not None else _in_memory(plan), data_hash=plan.data_hash,
                             split_protocol=splits.protocol, split_family=splits.family, split_params=dict(splits.params),
                             device=device, out=str(out), keep_checkpoints=keep_checkpoints, cross=plan.cross,
                             threads=threads_per_job or (max(1, cores // exe.workers) if exe.workers else 1))
         unavailable: dict[str, str] = {}  # method -> why it cannot run here (serial: recorded once, reused)
+        cache_root = cache_dir(out, plan) / "features"
         try:
-            for outcome in _outcomes(exe, ctx, todo, unavailable, emit):
-                job = todo[outcome.index]
+            for outcome in _outcomes(exe, ctx, work, unavailable, emit):
+                job = work[outcome.index]
                 name = job.method.name
+                if isinstance(job, Shard):  # map phase: merge its values; the jobs of the method read them
+                    entry = maps[name]
+                    for namespace, table in (outcome.values or {}).items():
+                        entry["values"].setdefault(namespace, {}).update(table)
+                    if outcome.unavailable:
+                        unavailable[name] = outcome.error
+                    entry["shards"] -= 1
+                    if entry["shards"] == 0:
+                        merge(cache_root, entry.pop("values"))
+                    emit("mapped", {"method": name, "images": len(job.item_ids), "error": outcome.error})
+                    continue
                 if outcome.rows is not None:
                     store.write(outcome.rows)
                     summary.done += len(outcome.rows)
@@ -539,6 +401,9 @@ def execute(
                     break
         finally:
             exe.close()
+            for entry in maps.values():  # a stopped run keeps the values its finished shards computed
+                if entry.get("values"):
+                    merge(cache_root, entry["values"])
     return summary
 
 
@@ -556,7 +421,7 @@ def _outcomes(exe, ctx, todo, unavailable, emit):
         set_threads(ctx.threads)
         for index, job in enumerate(todo):
             name = job.method.name
-            emit("running", {"method": name, "repeat": job.split.repeat})
+            emit("running", {"method": name, "repeat": job.split.repeat if isinstance(job, Job) else None})
             if name in unavailable:
                 yield JobOutcome(index, error=unavailable[name], unavailable=True)
             else:

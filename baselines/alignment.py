@@ -131,6 +131,8 @@ class AlignmentScorer(Method):
     `fetch_weights` makes weights files local before scoring.
     """
 
+    per_image: ClassVar[bool] = True  # per-image values cached: computed once each in the map phase
+
     params: ClassVar[type] = AlignmentScorerParams
     runtime_params: ClassVar[tuple[str, ...]] = ("batch_size",)  # pairs are scored independently
     #: Cache namespace prefix: scorers of one family with equal parameters share scores.

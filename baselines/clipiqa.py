@@ -159,6 +159,8 @@ class CLIPIQAParams:
 class CLIPIQA(Method):
     """Zero-shot CLIP-IQA: p("Good photo.") against "Bad photo." (same score for every target)."""
 
+    per_image: ClassVar[bool] = True  # per-image values cached: computed once each in the map phase
+
     params: ClassVar[type] = CLIPIQAParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):
@@ -193,6 +195,13 @@ class CLIPIQA(Method):
     def weights_identity(self) -> dict[str, Any]:
         """What the image features depend on, for the cache namespace."""
         return open_clip_identity(self.config["clip_model"], self.config["pretrained"], self.context.seed)
+
+    def precompute(self, items: Sequence[Item]) -> None:
+        """The map phase: the frozen image encoder's features of every image (and of its mirror, which
+        CLIP-IQA+ trains on when `hflip` is on)."""
+        self.image_features(items)
+        if self.spec.kind == "trainable" and self.config.get("hflip"):
+            self.image_features(items, mirrored=True)
 
     def image_features(self, items: Sequence[Item], mirrored: bool = False) -> np.ndarray:
         """(n, E) image features, computed once per image (and per mirror) and cached."""

@@ -325,6 +325,7 @@ class CPBD(Method):
     """Zero-shot sharpness: one CPBD score per image (higher = sharper)."""
 
     params: ClassVar[type] = NoParams  # no hyperparameters
+    per_image: ClassVar[bool] = True  # scores cached per image: computed once each in the map phase
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if not items:

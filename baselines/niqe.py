@@ -231,6 +231,8 @@ class NIQEParams:
 class NIQE(Method):
     """Zero-shot NIQE: one score per image (lower = better; the spec says so)."""
 
+    per_image: ClassVar[bool] = True  # per-image values cached: computed once each in the map phase
+
     params: ClassVar[type] = NIQEParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):

@@ -416,6 +416,8 @@ def pixels(rgb: np.ndarray):
 class PyIQAMetric(Method):
     """Zero-shot: pyiqa's score of each image (the same for every target), cached per image."""
 
+    per_image: ClassVar[bool] = True  # per-image values cached: computed once each in the map phase
+
     params: ClassVar[type] = PyIQAParams
 
     def __init__(self, spec, config=None, context=None, *, name=None):

@@ -407,6 +407,8 @@ def sisblim_approx(rgb: np.ndarray, **params: float) -> float:
 class SISBLIMApprox(Method):
     """Zero-shot SISBLIM-approx: one score per image (higher = better).  Not SISBLIM itself."""
 
+    per_image: ClassVar[bool] = True  # per-image values cached: computed once each in the map phase
+
     params: ClassVar[type] = SISBLIMApproxParams
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:

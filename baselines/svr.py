@@ -113,6 +113,7 @@ class FeatureSVR(Method):
     feature_version: ClassVar[str] = "1"
 
     params: ClassVar[type] = FeatureSVRParams
+    per_image: ClassVar[bool] = True  # features once per image, in the map phase
 
     def __init__(self, spec: MethodSpec, config: dict[str, Any] | None = None, context: MethodContext | None = None,
                  *, name: str | None = None):
@@ -164,6 +165,9 @@ class FeatureSVR(Method):
             self.feature_name or type(self).__name__, {"version": self.feature_version, **self.feature_params()}
         )
         return self._cache.get(namespace, items, lambda item: self.extract(load_rgb(item.image)))
+
+    def precompute(self, items: Sequence[Item]) -> None:
+        self.features(items)
 
     # -- training -------------------------------------------------------------------
     def fit(self, train: Sequence[Item], val: Sequence[Item], targets: Sequence[str]) -> None:

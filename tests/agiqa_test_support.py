@@ -146,3 +146,62 @@ class Sleeper(Brightness):
 
 SLEEPER = MethodSpec(name="sleeper", factory="agiqa_test_support:Sleeper", kind="trainable",
                      summary="test toy that sleeps in fit", default_run=False)
+
+
+# -- per-image methods that count their computations (the map phase) ------------------------------------
+COUNT_ENV = "AGIQA_TEST_COUNT_FILE"
+
+
+def _count(method: str, item_id: str) -> None:
+    """One line per per-image computation, appended to the file AGIQA_TEST_COUNT_FILE names (any process)."""
+    path = os.environ.get(COUNT_ENV)
+    if path:
+        with open(path, "a") as fh:  # one short write in append mode: lines from several processes never mix
+            fh.write(f"{method}\t{item_id}\n")
+
+
+class CountingScorer(Method):
+    """Zero-shot toy: mean brightness per image, cached per image, every computation counted."""
+
+    per_image = True
+
+    def predict(self, items):
+        from agiqa_bench.cache import FeatureCache, namespace_for
+
+        root = self.context.cache_dir / "features" if self.context.cache_dir else None
+
+        def compute(item):
+            _count("counting", item.id)
+            return np.array([load_rgb(item.image).mean()])
+
+        return FeatureCache(root).get(namespace_for("counting", {}), items, compute)[:, 0]
+
+
+from baselines.svr import FeatureSVR  # noqa: E402
+
+
+class CountingSVR(FeatureSVR):
+    """Feature + SVR toy: channel means and spread of each image, every extraction counted."""
+
+    feature_name = "counting-svr"
+
+    def extract(self, rgb):
+        return np.array([rgb.mean(), rgb.std(), *rgb.reshape(-1, 3).mean(axis=0)])
+
+    def features(self, items):
+        from agiqa_bench.cache import FeatureCache, namespace_for
+
+        if self._cache is None:
+            self._cache = FeatureCache(self.context.cache_dir / "features" if self.context.cache_dir else None)
+
+        def compute(item):
+            _count("counting_svr", item.id)
+            return self.extract(load_rgb(item.image))
+
+        return self._cache.get(namespace_for("counting-svr", {}), items, compute)
+
+
+COUNTING = MethodSpec(name="counting", factory="agiqa_test_support:CountingScorer", kind="zero-shot",
+                      summary="test toy: per-image scores, counted", default_run=False)
+COUNTING_SVR = MethodSpec(name="counting_svr", factory="agiqa_test_support:CountingSVR", kind="trainable",
+                          summary="test toy: per-image features + SVR, counted", default_run=False, family="svr")

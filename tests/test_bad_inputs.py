@@ -212,7 +212,7 @@ def test_report_opens_the_store_read_only(tiny_agiqa3k, tmp_path):
 
 
 def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tiny_agiqa3k, tmp_path, monkeypatch):
-    from agiqa_bench import runner as runner_module
+    from agiqa_bench import jobs as runner_module  # where the executors find `job_rows`
 
     register(monkeypatch, BRIGHTNESS)
     real, calls = runner_module.job_rows, []
