@@ -78,6 +78,7 @@ RAY_ADDRESS_OPTION = typer.Option(None, "--ray-address", help="Join a Ray cluste
 GPUS_PER_JOB_OPTION = typer.Option(None, "--gpus-per-job", help="GPU share of each training under Ray (0.25 packs four on one GPU).")
 WAIT_OPTION = typer.Option(False, "--wait", help="If another run uses --out, wait for it instead of refusing.")
 THREADS_PER_JOB_OPTION = typer.Option(None, "--threads-per-job", help="torch/BLAS threads of each job (default: cores / workers); CPU numbers depend on it.")
+SHARD_SIZE_OPTION = typer.Option(None, "--shard-size", help="Images per map shard (default 32): per-image values (features, zero-shot scores) are computed once per image in shards of this many sorted items, spread over every worker (a batched scorer's shard holds whole batches).")
 
 
 def _version(value: bool):
@@ -130,6 +131,7 @@ def run(
     gpus_per_job: Optional[float] = GPUS_PER_JOB_OPTION,
     wait: bool = WAIT_OPTION,
     threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
+    shard_size: Optional[int] = SHARD_SIZE_OPTION,
     keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
 ):
     """Benchmark methods on identical grouped splits and store every result."""
@@ -152,7 +154,7 @@ def run(
         split_protocol=split_protocol, seed=seed, val_fraction=val_fraction, overrides=parse_overrides(set_ or []),
         splits_file=splits,
         out=out, device=device, force=force, keep_checkpoints=keep_checkpoints, target_map=parse_target_map(target_map),
-        executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job), **cross,
+        executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job, shard_size), **cross,
     )
 
 
@@ -160,7 +162,7 @@ def run(
 MAX_THREADS_PER_JOB = 512
 
 
-def _executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job=None) -> dict:
+def _executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job=None, shard_size=None) -> dict:
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if gpus_per_job is not None and not 0 < gpus_per_job <= 8:
@@ -178,8 +180,11 @@ def _executor_options(executor, workers, ray_address, gpus_per_job, wait, thread
                               f"give at most {cores} (more threads than cores only slow every job down)")
     if threads_per_job is not None and threads_per_job > MAX_THREADS_PER_JOB:
         raise ConfigError(f"--threads-per-job {threads_per_job}: at most {MAX_THREADS_PER_JOB} on any node")
+    if shard_size is not None and shard_size < 1:
+        raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
     return {"executor": executor, "workers": workers, "ray_address": ray_address, "gpus_per_job": gpus_per_job,
-            "wait_for_lock": wait, "threads_per_job": threads_per_job}
+            "wait_for_lock": wait, "threads_per_job": threads_per_job,
+            **({"shard_size": shard_size} if shard_size is not None else {})}
 
 
 def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_checkpoints: bool,
@@ -238,6 +243,7 @@ def ablate(
     gpus_per_job: Optional[float] = GPUS_PER_JOB_OPTION,
     wait: bool = WAIT_OPTION,
     threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
+    shard_size: Optional[int] = SHARD_SIZE_OPTION,
 ):
     """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
     from agiqa_bench.registry import get_spec
@@ -257,7 +263,7 @@ def ablate(
     _plan_and_execute(list(variants), dataset=dataset, data_root=data_root, dataset_options=options, repeats=repeats,
                       split_protocol=split_protocol, seed=seed, overrides=overrides, out=out, device=device,
                       force=force, keep_checkpoints=False,
-                      executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job))
+                      executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job, shard_size))
 
 
 @app.command()

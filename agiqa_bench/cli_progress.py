@@ -25,7 +25,7 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict = {}
         counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1}
 
         def state() -> str:
@@ -42,7 +42,12 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
                 return
             name = payload["method"]
             if kind == "method":
+                if payload.get("images"):  # the map phase: per-image values, images done / total
+                    tasks[("map", name)] = progress.add_task(f"{plain(name + ' images'):<18}", total=payload["images"],
+                                                             state="")
                 tasks[name] = progress.add_task(f"{plain(name):<18}", total=payload["todo"], state="")
+            elif kind == "mapped":
+                progress.advance(tasks[("map", name)], payload["images"])
             elif kind in ("done", "error"):
                 counts["done" if kind == "done" else "failed"] += 1
                 progress.advance(tasks[name])

@@ -387,6 +387,9 @@ class RayExecutor:
         self._started = False
 
     def _connect(self) -> None:
+        if self.address and self.address != "auto":
+            probe_address(self.address)  # bounded (Ray itself retries an unreachable head for minutes), and before
+            # Ray is imported: it reads its environment (node address resolution) once, at import
         import ray
 
         if ray.is_initialized():
@@ -398,8 +401,6 @@ class RayExecutor:
             # token by itself, an explicit HOST:PORT join needs the mode said (the token comes from
             # ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)
             os.environ["RAY_AUTH_MODE"] = "token"
-        if self.address and self.address != "auto":
-            probe_address(self.address)  # bounded: Ray itself retries an unreachable head for minutes
         try:
             if self.address:
                 ray.init(address=self.address, **kwargs)
@@ -426,9 +427,9 @@ class RayExecutor:
     def run(self, ctx: WorkerContext, jobs: Sequence) -> Iterator[JobOutcome]:
         """Tasks as the schedule makes them ready.  A method's jobs are handed its map values through the object
         store (`seeds`), so a node that cannot see the driver's cache folder never recomputes them."""
+        self._connect()  # first: it probes an explicit address before Ray is imported
         import ray
 
-        self._connect()
         task = ray.remote(_ray_task)
         ctx_ref = ray.put(ctx)
         schedule = Schedule(jobs)

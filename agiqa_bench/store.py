@@ -89,9 +89,8 @@ def recognise(conn: sqlite3.Connection, path: Path) -> bool:
     foreign = sorted(tables - _OUR_TABLES - {"sqlite_sequence"})
     lacking = [f"{t}.{c}" for t in sorted(tables & _OUR_TABLES)
                for c in sorted(_CORE_COLUMNS[t] - {row[1] for row in conn.execute(f"PRAGMA table_info({t})")})]
-    if foreign or lacking or "results" not in tables:
-        what = (f"tables {', '.join(foreign)}" if foreign else f"a results table without {', '.join(lacking[:4])}"
-                if lacking else "no results table")
+    if foreign or lacking:
+        what = f"tables {', '.join(foreign)}" if foreign else f"columns {', '.join(lacking[:4])} missing"
         raise StoreError(f"{path} is not an agiqa-bench results store ({what}); it is left untouched: choose "
                          "another --out")
     return False

@@ -34,17 +34,21 @@ TIED = "≈"
 LACKING = "†"
 
 
-_MD_SPECIAL = re.compile(r"([\\`*\[\]|~#!])")
+_MD_SPECIAL = re.compile(r"([\\`*|~])")
 _MD_UNDERSCORE = re.compile(r"(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
-def md_escape(text) -> str:
+def md_escape(text, *, line_start: bool = False) -> str:
     """Text from data (method names, prompts, generator and attribute values, messages) as literal markdown: one
-    line, HTML characters as entities, markdown's control characters backslash-escaped (an underscore inside a
-    word, as in `image_only`, needs none)."""
+    line, HTML characters as entities, markdown's emphasis, code and table characters backslash-escaped (an
+    underscore inside a word, as in `image_only`, needs none), no inline link (`](` is broken) and nothing a
+    line could start with to become a heading, list, quote or link definition."""
     out = " ".join(str(text).replace("\r", "\n").split("\n"))
     out = html.escape(out, quote=False)
     out = _MD_SPECIAL.sub(r"\\\1", out)
+    out = out.replace("](", "]\\(")  # no inline link or image: `[x](y)` shows as typed; `[test-oracle]` stays
+    if line_start and out.startswith(("[", "#", "!", "-", "+", ">")):  # text that starts a line: no link definition,
+        out = "\\" + out  # heading, list or quote
     return _MD_UNDERSCORE.sub(r"\\_", out)
 
 
@@ -87,7 +91,7 @@ class Table:
                 lines.append("| *" + md_escape(self.sections[i]) + "* |" + " |" * (len(self.header) - 1))
             lines.append("| " + " | ".join(md(c) for c in row) + " |")
         if self.caption:
-            lines += ["", md_escape(self.caption)]
+            lines += ["", md_escape(self.caption, line_start=True)]
         return "\n".join(lines)
 
     def to_html(self) -> str:

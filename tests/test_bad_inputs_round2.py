@@ -241,17 +241,21 @@ def test_threads_per_job_beyond_the_machine_is_refused(tmp_path):
 
 def test_an_unreachable_ray_address_fails_fast_in_one_line(tmp_path, monkeypatch):
     import socket
+    import sys
     import time
 
+    already = "ray" in sys.modules
     with socket.socket() as s:  # a loopback port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("AGIQA_BENCH_RAY_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only, should Ray be imported after all
     t0 = time.monotonic()
     result = invoke("run", "--methods", "cpbd", "--repeats", "1", "--executor", "ray", "--ray-address",
                     f"127.0.0.1:{port}", "--out", tmp_path / "runs")
     one_line_error(result, f"127.0.0.1:{port}", "cannot connect to the Ray cluster")
     assert time.monotonic() - t0 < 20
+    assert "ray" not in sys.modules or already, "the refusal imported Ray (it reads its environment once, at import)"
 
 
 def test_an_out_folder_that_is_not_utf8_still_reports(tmp_path):
