@@ -32,6 +32,11 @@ _API = {
     "Dataset": "agiqa_bench.records",
     "Method": "agiqa_bench.method",
     "MethodSpec": "agiqa_bench.method",
+    "Weights": "agiqa_bench.method",
+    "param": "agiqa_bench.params",
+    "check_method": "agiqa_bench.testing",
+    "DatasetSpec": "agiqa_bench.datasets.spec",
+    "DatasetOption": "agiqa_bench.datasets.spec",
 }
 
 __all__ = ["__version__", *_API]

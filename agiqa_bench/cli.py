@@ -471,13 +471,14 @@ def _family_members(wanted, pattern: Optional[str]) -> None:
 @app.command()
 def datasets():
     """List the datasets and the files each expects."""
-    from agiqa_bench.datasets import DATASETS
+    from agiqa_bench.datasets import dataset_specs
 
-    table = Table(title="datasets")
-    for col in ("name", "targets", "label file", "description"):
+    table = Table(title="datasets (--dataset NAME; --dataset-opt KEY=VALUE for the options)")
+    for col in ("name", "targets", "files", "options", "description"):
         table.add_column(col)
-    for info in DATASETS.values():
-        table.add_row(info.name, ", ".join(info.targets) or "(mapped)", info.label_file, info.summary)
+    for spec in dataset_specs().values():
+        table.add_row(Text(spec.name), Text(", ".join(spec.targets) or "(mapped)"), Text(spec.files),
+                      Text(", ".join(o.name for o in spec.options) or "—"), Text(spec.summary))
     console.print(table)
 
 

@@ -191,17 +191,23 @@ def _dataset_for(ctx: WorkerContext):
 
 
 def set_threads(threads: int | None) -> None:
-    """torch and BLAS threads of this process (environment too, for libraries loaded later)."""
+    """torch and BLAS threads of this process: the environment (libraries loaded later), torch, and the thread
+    pools of the BLAS / OpenMP libraries already loaded (numpy's OpenBLAS reads its environment only once, at
+    import: without `threadpoolctl` two workers of 1 thread each would still run 2 BLAS threads apiece and
+    oversubscribe the cores several times over)."""
     if not threads:
         return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:
-        import torch
+        from threadpoolctl import threadpool_limits
 
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - torch is a dependency
+        threadpool_limits(threads)
+    except ImportError:  # pragma: no cover - a dependency of scikit-learn
         pass
+    torch = sys.modules.get("torch")  # not imported for a job that needs no torch: it reads OMP_NUM_THREADS when it is
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:

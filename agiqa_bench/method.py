@@ -85,7 +85,9 @@ class MethodSpec:
     #: correspondence, IPCE), "ours" (IP-IQA); "" = other.
     family: str = ""
     approximation: str = ""  # non-empty: why the method is not faithful
-    default_run: bool = True  # part of `agiqa-bench run` when no --methods is given
+    #: Part of `agiqa-bench run` when no --methods is given.  False by default: an installed plugin never joins the
+    #: plain default run (and so never changes its numbers) unless its spec says so.
+    default_run: bool = False
     #: Variants the default run uses instead of the bare name (e.g. HIGRADE's two models).
     default_variants: tuple[str, ...] = ()
     #: The variant the bare name stands for (e.g. `hps` is `hps.v2_1`); the bare name is then not listed.

@@ -59,6 +59,8 @@ class Dataset:
     #: Keys of `Item.meta` that describe an item the way a report can break results down by, besides its
     #: generator (AIGCIQA2023: the prompt's style and object class); see `Dataset.attribute`.
     attributes: tuple[str, ...] = ()
+    #: The folder the dataset was read from (containment of its image folder and images is checked against it).
+    data_root: Path | None = None
 
     def __post_init__(self) -> None:
         self._index = {item.id: i for i, item in enumerate(self.items)}

@@ -332,7 +332,10 @@ def execute(
     # a bad --device fails here, before any work; workers resolve it for themselves.  A Ray cluster's GPUs may be
     # on other nodes than the driver's, so only the local executors check that CUDA is usable here.
     ray = executor == "ray" or getattr(executor, "name", "") == "ray" or bool(ray_address)
-    resolve_device(device, check=not ray)
+    resolved = resolve_device(device, check=not ray)
+    # local workers share this machine: they get the device resolved here, so a worker whose jobs need no torch
+    # never imports it; Ray workers resolve `auto` on their own node
+    worker_device = device if ray else resolved
     emit = on_event or (lambda kind, payload: None)
     summary = RunSummary(out)
     with RunLock(out, wait=wait_for_lock), ResultStore(out) as store:
@@ -362,7 +365,7 @@ def execute(
         cores = os.cpu_count() or 1
         ctx = WorkerContext(source=plan.source if plan.source is not None else _in_memory(plan), data_hash=plan.data_hash,
                             split_protocol=splits.protocol, split_family=splits.family, split_params=dict(splits.params),
-                            device=device, out=str(out), keep_checkpoints=keep_checkpoints, cross=plan.cross,
+                            device=worker_device, out=str(out), keep_checkpoints=keep_checkpoints, cross=plan.cross,
                             threads=threads_per_job or (max(1, cores // exe.workers) if exe.workers else 1))
         unavailable: dict[str, str] = {}  # method -> why it cannot run here (serial: recorded once, reused)
         cache_root = cache_dir(out, plan) / "features"

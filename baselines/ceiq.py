@@ -53,6 +53,7 @@ from agiqa_bench.method import MethodSpec
 
 SPEC = MethodSpec(
     name="ceiq",
+    default_run=True,
     family="svr",
     factory="baselines.ceiq:CEIQ",
     kind="trainable",

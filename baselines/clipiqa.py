@@ -106,6 +106,7 @@ from agiqa_bench.clip import (
 SPECS = [
     MethodSpec(
         name="clipiqa",
+        default_run=True,
         family="deep",
         factory="baselines.clipiqa:CLIPIQA",
         kind="zero-shot",
@@ -117,6 +118,7 @@ SPECS = [
     ),
     MethodSpec(
         name="clipiqa.plus",
+        default_run=True,
         family="deep",
         factory="baselines.clipiqa:CLIPIQAPlus",
         kind="trainable",

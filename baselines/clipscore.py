@@ -57,6 +57,7 @@ from baselines.alignment import AlignmentScorerParams, OpenCLIPScorer
 
 SPEC = MethodSpec(
     name="clipscore",
+    default_run=True,
     family="alignment",
     factory="baselines.clipscore:CLIPScore",
     kind="zero-shot",

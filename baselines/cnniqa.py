@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 SPEC = MethodSpec(
     name="cnniqa",
+    default_run=True,
     family="deep",
     factory="baselines.cnniqa:CNNIQAMethod",
     kind="trainable",

@@ -83,6 +83,7 @@ from agiqa_bench.records import Item
 
 SPEC = MethodSpec(
     name="cpbd",
+    default_run=True,
     family="handcrafted",
     factory="baselines.cpbd:CPBD",
     kind="zero-shot",

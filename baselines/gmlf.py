@@ -63,6 +63,7 @@ from agiqa_bench.method import MethodSpec
 
 SPEC = MethodSpec(
     name="gmlf",
+    default_run=True,
     family="svr",
     factory="baselines.gmlf:GMLF",
     kind="trainable",

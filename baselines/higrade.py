@@ -86,6 +86,7 @@ from baselines.svr import FeatureSVR, FeatureSVRParams
 
 SPEC = MethodSpec(
     name="higrade",
+    default_run=True,
     family="svr",
     factory="baselines.higrade:HIGRADE",
     kind="trainable",

@@ -67,6 +67,7 @@ from agiqa_bench.records import Item
 
 SPEC = MethodSpec(
     name="niqe",
+    default_run=True,
     family="handcrafted",
     factory="baselines.niqe:NIQE",
     kind="zero-shot",

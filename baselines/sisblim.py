@@ -151,6 +151,7 @@ from baselines.cpbd import rgb2gray_uint8
 
 SPEC = MethodSpec(
     name="sisblim.approx",
+    default_run=True,
     family="handcrafted",
     factory="baselines.sisblim:SISBLIMApprox",
     kind="zero-shot",

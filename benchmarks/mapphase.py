@@ -7,7 +7,8 @@ Prints, from one invocation:
 1. `niqe`: NIQE alone on SynthAGIQA's 1k preset (180 prompts, 1,080 images) rendered at 320 px, 5 repeats,
    `--executor serial` vs `--executor local --workers 2`, both at 1 thread per job: wall times, the speed-up,
    and whether the stored rows are identical.  Before the map phase a zero-shot method's jobs ran one at a
-   time in one lane, so this was about 1.0x whatever the workers.
+   time in one lane, so this was about 1.0x whatever the workers.  The script first measures the machine's
+   ceiling: how much more CPU-bound work 2 processes get done than one (2.0 on 2 free cores).
 2. `default`: the default run (`agiqa-bench run`, the quick synthetic set, 10 repeats) serial vs local with
    2 workers, from cold caches: wall times and the speed-up.
 3. `memory`: the summed peak resident memory of the default run, driver and workers together (sampled every
@@ -63,6 +64,25 @@ def run(args: list[str], out: Path, env: dict) -> tuple[float, float]:
     return seconds, peak / 2**20
 
 
+def _spin(n: int = 20_000_000) -> float:
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(n):
+        x += i
+    return time.perf_counter() - t0
+
+
+def ceiling(workers: int) -> float:
+    """How much more pure-Python work `workers` processes at once get done than one: the most any executor can
+    gain on this machine (shared or hyper-threaded cores give less than `workers`)."""
+    import multiprocessing as mp
+
+    alone = min(_spin() for _ in range(2))
+    with mp.get_context("spawn").Pool(workers) as pool:
+        together = max(pool.map(_spin, [20_000_000] * workers))
+    return workers * alone / together
+
+
 def rows(out: Path) -> pd.DataFrame:
     with sqlite3.connect(out / "results.sqlite") as conn:
         frame = pd.read_sql("SELECT method, target, repeat, " + ", ".join(METRICS) + " FROM results "
@@ -83,6 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    print(f"this machine's ceiling: {args.workers} CPU-bound processes at once do {ceiling(args.workers):.2f}x the work "
+          f"of one (the most any executor can gain here)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env["AGIQA_BENCH_CACHE"] = str(tmp / "synthetic-cache")  # rendered once, shared by every run below

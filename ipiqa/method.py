@@ -39,6 +39,7 @@ IPIQA_SMOKE = {"clip_model": "agiqa-tiny-rn", "pretrained": "", "image_size": 64
 
 SPEC = MethodSpec(
     name="ipiqa",
+    default_run=True,
     family="ours",
     factory="ipiqa.method:IPIQAMethod",
     kind="trainable",

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from agiqa_bench.cli import app
-from agiqa_bench.datasets import DATASETS, accepted_options, aigciqa2023, aigiqa20k, load_dataset
+from agiqa_bench.datasets import accepted_options, aigciqa2023, aigiqa20k, dataset_specs, load_dataset
 from agiqa_bench.errors import ConfigError, DataError, MissingImagesError
 from agiqa_bench.records import KNOWN_TARGETS
 
@@ -442,8 +442,8 @@ def test_both_are_registered_and_listed(monkeypatch):
     from agiqa_bench import console
 
     assert "authenticity" in KNOWN_TARGETS
-    assert DATASETS["aigciqa2023"].targets == ("quality", "authenticity", "alignment")
-    assert DATASETS["aigiqa20k"].targets == ("overall",)
+    assert dataset_specs()["aigciqa2023"].targets == ("quality", "authenticity", "alignment")
+    assert dataset_specs()["aigiqa20k"].targets == ("overall",)
     assert "layout" in accepted_options("aigciqa2023")
     assert {"part", "allow_unlabelled", "check_images"} <= set(accepted_options("aigiqa20k"))
     with pytest.raises(ConfigError, match="has no option nope"):

@@ -11,12 +11,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from agiqa_bench.labels import AGIQA3K_SCALE, STANDARD, LabelMap, LabelScale
-from agiqa_bench.method import MethodContext
 from agiqa_bench.params import declaration
-from agiqa_bench.registry import create_method, get_spec, list_methods, load_class
+from agiqa_bench.registry import get_spec, list_methods, load_class
 from agiqa_bench.runner import fit_predict
 
 #: (a, b) of y -> a y + b: AIGCIQA2023-like (26 + 9y), a large a with a negative b, a small a with a negative b.
@@ -28,33 +26,29 @@ def affine(items, a, b):
     return [replace(it, targets={t: a * v + b for t, v in it.targets.items()}) for it in items]
 
 
-def run(name, smoke, data, a, b, tmp_path):
-    ds, split = data
-    spec, _ = get_spec(name)
-    targets = ds.targets if spec.joint_targets else ds.targets[:1]
-    parts = [affine(ds.subset(ids), a, b) for ids in (split.train, split.val, split.test)]
-    method = create_method(name, smoke, MethodContext(seed=3, cache_dir=tmp_path / "cache", workdir=tmp_path))
-    pred, *_ = fit_predict(method, *parts, targets)
-    mos = np.array([[it.targets[t] for t in targets] for it in parts[2]])
-    return pred, mos
-
-
 @pytest.mark.parametrize("name", TRAINABLE)
 def test_trainable_methods_rank_the_same_on_affine_labels(name, contract_data, image2prompt_ckpt, tmp_path):
+    """Over the whole registry, with `agiqa_bench.testing.check_label_scale` (what a plugin author runs too)."""
+    from agiqa_bench.testing import AFFINE_MAPS, check_label_scale
+
+    assert any(a > 100 for a, _ in AFFINE_MAPS) and any(b < 0 for _, b in AFFINE_MAPS)
     spec, _ = get_spec(name)
-    smoke = dict(spec.smoke)
-    if "image2prompt" in declaration(load_class(spec).params):
-        smoke["image2prompt"] = str(image2prompt_ckpt)
-    base, mos = run(name, smoke, contract_data, 1.0, 0.0, tmp_path)
-    for a, b in TRANSFORMS:
-        pred, scaled = run(name, smoke, contract_data, a, b, tmp_path)
-        np.testing.assert_allclose(scaled, a * mos + b)
-        for j in range(mos.shape[1]):
-            want = spearmanr(base[:, j], mos[:, j]).statistic
-            got = spearmanr(pred[:, j], scaled[:, j]).statistic
-            assert abs(got - want) <= 1e-6, (name, a, b, j, got, want)
-        # predictions come back in the labels' units: the same predictions, transformed
-        np.testing.assert_allclose(pred, a * base + b, rtol=1e-4, atol=1e-4 * abs(a) * max(1.0, np.abs(base).max()))
+    extra = {"image2prompt": str(image2prompt_ckpt)} if "image2prompt" in declaration(load_class(spec).params) else {}
+    ds, _ = contract_data
+    check_label_scale(name, ds, overrides=extra, workdir=tmp_path)
+
+
+def test_the_label_scale_check_catches_a_method_that_fits_raw_labels(contract_data, monkeypatch):
+    """A method that opts out of the harness's scaling and is not scale-free itself is caught."""
+    from agiqa_test_support import BRIGHTNESS, register
+
+    from agiqa_bench.testing import ContractError, check_label_scale
+    from baselines.svr import FeatureSVR
+
+    register(monkeypatch, BRIGHTNESS)
+    monkeypatch.setattr(FeatureSVR, "label_scale", None)  # raw labels into an SVR with a fixed epsilon
+    with pytest.raises(ContractError, match=r"ceiq: SRCC on quality is .* with labels y but"):
+        check_label_scale("ceiq", contract_data[0])
 
 
 def test_label_map_is_fitted_on_the_training_part_and_inverts():

@@ -1,8 +1,8 @@
 """Datasets: AGIQA-1k, AGIQA-3k, AIGCIQA2023, AIGIQA-20K, the built-in SynthAGIQA, and any CSV.
 
-`load_dataset(name, data_root, **options)` is the one door; every loader returns
-a `Dataset` of `Item`s and raises `DataError` naming the file and row on bad
-input.
+`load_dataset(name, data_root, **options)` is the one door; every dataset is a `DatasetSpec` registered
+through the `agiqa_bench.datasets` entry points (`agiqa_bench.datasets.spec`), built-ins and plugins alike;
+every loader returns a `Dataset` of `Item`s and raises `DataError` naming the file and row on bad input.
 
 - `agiqa1k`, `agiqa3k`: the label files ship with the package; images from the authors.
 - `aigciqa2023`: the official release (DATA/MOS/mosz1-3.mat, the prompt sheet, Image/allimg/) or its
@@ -14,11 +14,13 @@ input.
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from agiqa_bench.datasets.spec import IMAGE_OPTIONS, DatasetOption, DatasetSpec  # noqa: F401  (public)
 from agiqa_bench.errors import ConfigError
 from agiqa_bench.records import Dataset
 
@@ -33,129 +35,81 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agiqa_bench"
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    summary: str
-    targets: tuple[str, ...]
-    label_file: str
-    loader: Callable[..., Dataset]
+#: The entry-point group datasets register under (the built-ins in this project's pyproject.toml, plugins in theirs).
+ENTRY_POINT_GROUP = "agiqa_bench.datasets"
+#: Specs added at run time with `register` (notebooks, tests); treated like plugins.
+_registered: list[DatasetSpec] = []
 
 
-def _load_agiqa1k(data_root=None, **options) -> Dataset:
-    from agiqa_bench.datasets import agiqa1k
-
-    return agiqa1k.load(data_root, **options)
-
-
-def _load_agiqa3k(data_root=None, **options) -> Dataset:
-    from agiqa_bench.datasets import agiqa3k
-
-    return agiqa3k.load(data_root, **options)
+def register(*specs: DatasetSpec) -> None:
+    """Add dataset specs in this process, as an installed plugin would."""
+    _registered.extend(specs)
+    dataset_specs.cache_clear()
 
 
-def _load_aigciqa2023(data_root=None, **options) -> Dataset:
-    from agiqa_bench.datasets import aigciqa2023
+@functools.cache
+def dataset_specs() -> dict[str, DatasetSpec]:
+    """Every registered dataset spec by name: the project's own first, then plugins (a plugin may not take a
+    name already taken); an entry that fails to load is skipped with a warning."""
+    from importlib import metadata
 
-    return aigciqa2023.load(data_root, **options)
+    own, plugins = [], []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = ep.load()
+            found = found() if callable(found) and not isinstance(found, DatasetSpec) else found
+        except Exception as exc:  # a broken plugin must not break the harness
+            warnings.warn(f"dataset plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            continue
+        specs = [found] if isinstance(found, DatasetSpec) else [f for f in (found or ()) if isinstance(f, DatasetSpec)]
+        dist = getattr(getattr(ep, "dist", None), "name", "") or ""
+        (own if dist.replace("_", "-") == "agiqa-bench" else plugins).extend(specs)
+    table: dict[str, DatasetSpec] = {}
+    own.sort(key=lambda spec: (spec.name != "synthetic", spec.name))  # the default first
+    for spec in [*own, *plugins, *_registered]:
+        if spec.name in table:
+            warnings.warn(f"dataset {spec.name!r} ({spec.loader}) ignored: the name is already registered", stacklevel=2)
+            continue
+        table[spec.name] = spec
+    return table
 
 
-def _load_aigiqa20k(data_root=None, **options) -> Dataset:
-    from agiqa_bench.datasets import aigiqa20k
-
-    return aigiqa20k.load(data_root, **options)
-
-
-def _load_csv(data_root=None, **options) -> Dataset:
-    from agiqa_bench.datasets import tabular
-
-    return tabular.load(data_root, **options)
-
-
-def _load_synthetic(data_root=None, **options) -> Dataset:
-    """A SynthAGIQA folder made by `agiqa-bench synth`, or the cached default one."""
-    from agiqa_bench.synthetic import dataset
-
-    return dataset.load(data_root, **options)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "synthetic": DatasetInfo(
-        "synthetic",
-        "SynthAGIQA: built-in prompt-conditioned shapes with simulated generator defects (offline, default)",
-        ("quality", "alignment", "overall"),
-        "data.csv (made by `agiqa-bench synth`)",
-        _load_synthetic,
-    ),
-    "agiqa1k": DatasetInfo(
-        "agiqa1k",
-        "AGIQA-1k: 1,080 images of 2 diffusion models, one coupled MOS",
-        ("overall",),
-        "AIGC_MOS_Zscore.xlsx + images (file/)",
-        _load_agiqa1k,
-    ),
-    "agiqa3k": DatasetInfo(
-        "agiqa3k",
-        "AGIQA-3k: 2,982 images of 6 generators, perceptual quality and alignment MOS",
-        ("quality", "alignment"),
-        "data.csv + images (images/ or AGIQA-3K/)",
-        _load_agiqa3k,
-    ),
-    "aigciqa2023": DatasetInfo(
-        "aigciqa2023",
-        "AIGCIQA2023: 2,400 images of 6 generators, 100 prompts; quality, authenticity and correspondence MOS",
-        ("quality", "authenticity", "alignment"),
-        "DATA/MOS/mosz1-3.mat + AIGCIQA2023_Prompts.xlsx + Image/allimg/, or AIGCIQA2023.csv + images",
-        _load_aigciqa2023,
-    ),
-    "aigiqa20k": DatasetInfo(
-        "aigiqa20k",
-        "AIGIQA-20K (NTIRE 2024, AIGCQA-30K-Image): 14,000 labelled images of 15 generators, one MOS",
-        ("overall",),
-        "info_train.csv + images (train/ or images/); info_val.csv + val/ with part=val (unlabelled)",
-        _load_aigiqa20k,
-    ),
-    "csv": DatasetInfo(
-        "csv",
-        "Your own dataset from a CSV/Excel label file (columns mapped with --dataset-opt)",
-        (),
-        "any; see `agiqa_bench.datasets.tabular`",
-        _load_csv,
-    ),
-}
+def get_dataset_spec(name: str) -> DatasetSpec:
+    specs = dataset_specs()
+    if name not in specs:
+        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(specs)} (see `agiqa-bench datasets`)")
+    return specs[name]
 
 
 def accepted_options(name: str) -> tuple[str, ...]:
-    """The keyword options a dataset's loader takes (read from its signature)."""
-    import inspect
-
-    from agiqa_bench.datasets import agiqa1k, agiqa3k, aigciqa2023, aigiqa20k, tabular
-    from agiqa_bench.synthetic import dataset as synthetic
-
-    def keywords(fn, skip=("data_root",)) -> list[str]:
-        return [p.name for p in inspect.signature(fn).parameters.values()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in (*skip, "name")]
-
-    if name == "synthetic":
-        return tuple(synthetic.SYNTH_OPTIONS) + tuple(keywords(agiqa3k.load, ("data_root", "name")))
-    loaders = {"agiqa1k": agiqa1k.load, "agiqa3k": agiqa3k.load, "aigciqa2023": aigciqa2023.load,
-               "aigiqa20k": aigiqa20k.load, "csv": tabular.load}
-    return tuple(keywords(loaders[name]))
+    """The `--dataset-opt` keys a dataset takes: its own (its spec) and the shared image options."""
+    return get_dataset_spec(name).option_names()
 
 
 def load_dataset(name: str, data_root: str | Path | None = None, **options: Any) -> Dataset:
-    """Load a dataset by name.
+    """Load a dataset by name: its loader parses the labels, then the shared image options are applied
+    (`agiqa_bench.datasets.spec.IMAGE_OPTIONS`, `_common.finish_dataset`), for built-ins and plugins alike.
+    `data_root` and `images` may start with `~`."""
+    import importlib
 
-    Options common to all: images (folder), drop_missing, drop_bad_images, allow_outside_root,
-    check_images; most take duplicates (first|last|mean).  `csv`, `synthetic`, `aigciqa2023` (layout) and
-    `aigiqa20k` (part, allow_unlabelled) take more (see their modules).
-    """
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    accepted = accepted_options(name)
-    unknown = [k for k in options if k not in accepted]
+    from agiqa_bench.datasets import _common
+
+    spec = get_dataset_spec(name)
+    image_names = {o.name for o in IMAGE_OPTIONS}
+    unknown = [k for k in options if k not in spec.option_names()]
     if unknown:
-        raise ConfigError(f"dataset {name!r} has no option {', '.join(unknown)}; it takes: {', '.join(accepted)} "
-                          "(--dataset-opt key=value; images, drop_missing, drop_bad_images and allow_outside_root "
-                          "also have flags of their own)")
-    return DATASETS[name].loader(data_root, **options)
+        raise ConfigError(f"dataset {name!r} has no option {', '.join(unknown)}; it takes: "
+                          f"{', '.join(spec.option_names())} (--dataset-opt key=value; images, drop_missing, "
+                          "drop_bad_images, allow_outside_root and max_pixels also have flags of their own)")
+    image_options = {k: v for k, v in options.items() if k in image_names}
+    own = {k: v for k, v in options.items() if k not in image_names}
+    module, _, attr = spec.loader.partition(":")
+    try:
+        loader = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"dataset {name!r}: cannot import its loader {spec.loader}: {exc}") from None
+    root = Path(data_root).expanduser() if data_root is not None else None
+    ds = loader(root, **own)
+    if not isinstance(ds, Dataset):
+        raise ConfigError(f"dataset {name!r}: its loader {spec.loader} returned {type(ds).__name__}, not a Dataset")
+    return _common.finish_dataset(ds, **image_options)

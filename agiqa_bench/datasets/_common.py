@@ -274,20 +274,22 @@ def prompt_text(value) -> str:
     return out
 
 
-def find_image_dir(root: Path, candidates: Iterable[str], probe: str, images: str | Path | None) -> Path:
-    """The folder holding the images: --images if given, else the first candidate containing `probe`."""
-    if images is not None:
-        folder = Path(images).expanduser()
-        if not folder.is_absolute() and not folder.exists():
-            folder = root / folder
-        if not folder.is_dir():
-            raise DataError(f"image folder given with --images does not exist: {folder}")
-        return folder
+def find_image_dir(root: Path, candidates: Iterable[str], probe: str) -> Path:
+    """The folder holding the images: the first candidate under `root` containing `probe` (else the first
+    candidate).  The harness checks it lies inside the data root (`finish_dataset`)."""
     for name in candidates:
         folder = root / name if name else root
         if (folder / probe).exists():
-            return contained(folder, root, "image folder")
-    return contained(root / next(iter(candidates)), root, "image folder")
+            return folder
+    return root / next(iter(candidates))
+
+
+def labels_only(name: str, items: list[Item], targets: tuple[str, ...], label_file: Path, image_dir: Path,
+                notes: list[str], root: Path, attributes: tuple[str, ...] = ()) -> Dataset:
+    """What a loader returns: the parsed labels, images named relative to `image_dir`, nothing checked yet
+    (`finish_dataset` does that for every dataset, plugins included)."""
+    return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,
+                   notes=list(notes), attributes=attributes, data_root=root)
 
 
 def attach_images(
@@ -394,30 +396,48 @@ def refuse_outside(items: list[Item], label_file: Path, image_dir: Path) -> None
                         f"{shown}{more}. Pass --allow-outside-root to read them anyway")
 
 
-def finish(
-    name: str,
-    items: list[Item],
-    targets: tuple[str, ...],
-    label_file: Path,
-    image_dir: Path,
-    notes: list[str],
-    *,
-    check_images: bool,
-    drop_missing: bool,
-    allow_outside_root: bool = False,
-    drop_bad_images: bool = False,
-    attributes: tuple[str, ...] = (),
-) -> Dataset:
-    """Resolve each item's image (its file name, relative to `image_dir`), check them, build the Dataset.
+def finish_dataset(ds: Dataset, *, images=None, drop_missing=False, drop_bad_images=False, allow_outside_root=False,
+                   check_images=True, max_pixels=None) -> Dataset:
+    """The image options every dataset shares (`spec.IMAGE_OPTIONS`), applied to what its loader returned.
 
-    A row whose image resolves outside `image_dir` (`../x.png`, an absolute path) is refused, naming the
-    label file and the rows, unless `allow_outside_root`.
+    `images` (another image folder, the user's explicit choice) replaces the loader's; otherwise the loader's
+    folder must lie inside the data root once links are resolved.  Each item's image is resolved against the
+    folder; a row whose image resolves outside it (`../x.png`, an absolute path, a link elsewhere) is refused,
+    naming the label file and the rows, unless `allow_outside_root`.  Then every image is checked (exists,
+    decodes, within the pixel cap), unless `check_images` is false, and the bad ones are listed in one error
+    or dropped with a warning (`drop_missing`, `drop_bad_images`).
     """
-    items = [replace(item, image=image_dir / item.image) for item in items]
+    name = ds.name
+    drop_missing, drop_bad_images = flag(drop_missing, name, "drop_missing"), flag(drop_bad_images, name, "drop_bad_images")
+    allow_outside_root, check_images = flag(allow_outside_root, name, "allow_outside_root"), flag(check_images, name, "check_images")
+    if max_pixels is not None:  # an environment variable, so that worker processes read with the same cap
+        from agiqa_bench.images import MAX_PIXELS_ENV
+
+        try:
+            cap = int(max_pixels)
+        except (TypeError, ValueError):
+            cap = 0
+        if cap < 1:
+            raise ConfigError(f"{name}: max_pixels must be a positive number of pixels, got {max_pixels!r}")
+        os.environ[MAX_PIXELS_ENV] = str(cap)
+    if images is not None:
+        folder = Path(images).expanduser()
+        if not folder.is_absolute() and not folder.exists() and ds.data_root is not None:
+            folder = ds.data_root / folder
+        if not folder.is_dir():
+            raise DataError(f"image folder given with --images does not exist: {folder}")
+        image_dir = folder
+    elif ds.image_dir is None:
+        raise DataError(f"dataset {name!r}: its loader named no image folder (Dataset.image_dir); pass --images DIR")
+    else:
+        image_dir = ds.image_dir
+        if ds.data_root is not None:
+            contained(image_dir, ds.data_root, "image folder")
+    label_file = ds.label_file if ds.label_file is not None else image_dir
+    items = [replace(item, image=image_dir / item.image) for item in ds.items]
     if not allow_outside_root:
         refuse_outside(items, label_file, image_dir)
-    label_groups = list(dict.fromkeys(item.group for item in items))
-    items, more = attach_images(name, items, label_file, image_dir, check_images=check_images, drop_missing=drop_missing,
-                                drop_bad_images=drop_bad_images)
-    return Dataset(name=name, items=items, targets=targets, label_file=label_file, image_dir=image_dir,
-                   notes=notes + more, label_groups=label_groups, attributes=attributes)
+    label_groups = ds.label_groups if ds.label_groups is not None else list(dict.fromkeys(it.group for it in items))
+    items, more = attach_images(name, items, label_file, image_dir, check_images=check_images,
+                                drop_missing=drop_missing, drop_bad_images=drop_bad_images)
+    return replace(ds, items=items, image_dir=image_dir, notes=list(ds.notes) + more, label_groups=label_groups)

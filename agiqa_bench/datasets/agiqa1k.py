@@ -32,6 +32,7 @@ import re
 from pathlib import Path
 
 from agiqa_bench.datasets import _common as c
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
 from agiqa_bench.errors import DataError
 from agiqa_bench.records import Dataset, Item
 
@@ -87,11 +88,6 @@ def read_rows(label_file: Path) -> list[Item]:
 def load(
     data_root: str | Path | None = None,
     *,
-    images: str | Path | None = None,
-    drop_missing: bool = False,
-    drop_bad_images: bool = False,
-    allow_outside_root: bool = False,
-    check_images: bool = True,
     duplicates: str = "last",
 ) -> Dataset:
     root = c.resolve_root("agiqa1k", data_root, shipped=True)
@@ -100,10 +96,18 @@ def load(
     )
     rows = read_rows(label_file)
     items, notes = c.dedupe(rows, label_file, duplicates)
-    image_dir = c.find_image_dir(root, ["file", "images", ""], items[0].id, images)
+    image_dir = c.find_image_dir(root, ["file", "images", ""], items[0].id)
     for absent in ABSENT_FROM_LABELS:
         if (image_dir / absent).exists():
             notes.append(f"{absent} is on disk but has no MOS in {LABEL_FILE}; it is not benchmarked")
-    return c.finish("agiqa1k", items, ("overall",), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root)
+    return c.labels_only("agiqa1k", items, ("overall",), label_file, image_dir, notes, root)
+
+
+SPEC = DatasetSpec(
+    name="agiqa1k",
+    summary="AGIQA-1k: 1,080 images of 2 diffusion models, one coupled MOS",
+    targets=("overall",),
+    loader="agiqa_bench.datasets.agiqa1k:load",
+    files="AIGC_MOS_Zscore.xlsx (ships with agiqa-bench) + images (file/)",
+    options=(DUPLICATES,),
+)

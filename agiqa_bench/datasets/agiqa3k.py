@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agiqa_bench.datasets import _common as c
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
 from agiqa_bench.errors import DataError
 from agiqa_bench.records import Dataset, Item
 
@@ -74,11 +75,6 @@ def read_rows(label_file: Path, name: str = "agiqa3k") -> tuple[list[Item], tupl
 def load(
     data_root: str | Path | None = None,
     *,
-    images: str | Path | None = None,
-    drop_missing: bool = False,
-    drop_bad_images: bool = False,
-    allow_outside_root: bool = False,
-    check_images: bool = True,
     duplicates: str = "first",
     name: str = "agiqa3k",
 ) -> Dataset:
@@ -90,8 +86,17 @@ def load(
     if not rows:
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(rows, label_file, duplicates)
-    image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id, images)
+    image_dir = c.find_image_dir(root, ["images", "AGIQA-3K", "AGIQA-3k", ""], items[0].id)
     attributes = ("style",) if any(c.text(it.meta.get("style")) for it in items) else ()
-    return c.finish(name, items, targets, label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root, attributes=attributes)
+    return c.labels_only(name, items, targets, label_file, image_dir, notes, root, attributes)
+
+
+SPEC = DatasetSpec(
+    name="agiqa3k",
+    summary="AGIQA-3k: 2,982 images of 6 generators, perceptual quality and alignment MOS",
+    targets=("quality", "alignment"),
+    loader="agiqa_bench.datasets.agiqa3k:load",
+    files="data.csv (ships with agiqa-bench) + images (images/ or AGIQA-3K/)",
+    options=(DUPLICATES,),
+    attributes=("style",),
+)

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from agiqa_bench.datasets import _common as c
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
 from agiqa_bench.errors import ConfigError, DataError
 from agiqa_bench.records import Dataset, Item
 
@@ -240,11 +241,6 @@ def find_layout(root: Path, layout: str) -> str:
 def load(
     data_root: str | Path | None = None,
     *,
-    images: str | Path | None = None,
-    drop_missing: bool = False,
-    drop_bad_images: bool = False,
-    allow_outside_root: bool = False,
-    check_images: bool = True,
     layout: str = "auto",
 ) -> Dataset:
     root = c.resolve_root(NAME, data_root)
@@ -258,7 +254,16 @@ def load(
     else:
         label_file = c.require_file(root, CSV_FILE, NAME, " Or lay out the official release (see README, 'Datasets').")
         items = read_csv_layout(label_file)
-    image_dir = c.find_image_dir(root, IMAGE_DIRS, items[0].image.name, images)
-    return c.finish(NAME, items, tuple(TARGETS), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root, attributes=ATTRIBUTES)
+    image_dir = c.find_image_dir(root, IMAGE_DIRS, items[0].image.name)
+    return c.labels_only(NAME, items, tuple(TARGETS), label_file, image_dir, notes, root, ATTRIBUTES)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    summary="AIGCIQA2023: 2,400 images of 6 generators, 100 prompts; quality, authenticity and correspondence MOS",
+    targets=("quality", "authenticity", "alignment"),
+    loader="agiqa_bench.datasets.aigciqa2023:load",
+    files="DATA/MOS/mosz1-3.mat + AIGCIQA2023_Prompts.xlsx + Image/allimg/, or AIGCIQA2023.csv + images",
+    options=(DatasetOption("layout", "auto, official (the .mat release) or csv (the one-file conversion)"),),
+    attributes=ATTRIBUTES,
+)

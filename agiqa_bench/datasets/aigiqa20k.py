@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 from agiqa_bench.datasets import _common as c
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
 from agiqa_bench.errors import ConfigError, DataError
 from agiqa_bench.records import Dataset, Item
 
@@ -97,11 +98,6 @@ def read_items(path: Path, part: str) -> list[Item]:
 def load(
     data_root: str | Path | None = None,
     *,
-    images: str | Path | None = None,
-    drop_missing: bool = False,
-    drop_bad_images: bool = False,
-    allow_outside_root: bool = False,
-    check_images: bool = True,
     duplicates: str = "first",
     part: str = "train",
     allow_unlabelled: bool | str = False,
@@ -120,8 +116,17 @@ def load(
     if not rows:
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(rows, label_file, duplicates)
-    image_dir = c.find_image_dir(root, folders, items[0].id, images)
+    image_dir = c.find_image_dir(root, folders, items[0].id)
     targets = ("overall",) if part == "train" else ()
-    return c.finish(NAME, items, targets, label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root)
+    return c.labels_only(NAME, items, targets, label_file, image_dir, notes, root)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    summary="AIGIQA-20K (NTIRE 2024, AIGCQA-30K-Image): 14,000 labelled images of 15 generators, one MOS",
+    targets=("overall",),
+    loader="agiqa_bench.datasets.aigiqa20k:load",
+    files="info_train.csv + images (train/ or images/); info_val.csv + val/ with part=val (unlabelled)",
+    options=(DUPLICATES, DatasetOption("part", "train (labelled) or val (no public labels: scoring only)"),
+             DatasetOption("allow_unlabelled", "load part=val, which has no targets (scoring only)")),
+)

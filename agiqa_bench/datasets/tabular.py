@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agiqa_bench.datasets import _common as c
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
 from agiqa_bench.errors import DataError
 from agiqa_bench.records import Dataset, Item
 
@@ -42,11 +43,6 @@ def parse_targets(spec: str) -> dict[str, str]:
 def load(
     data_root: str | Path | None = None,
     *,
-    images: str | Path | None = None,
-    drop_missing: bool = False,
-    drop_bad_images: bool = False,
-    allow_outside_root: bool = False,
-    check_images: bool = True,
     duplicates: str = "first",
     label: str = "data.csv",
     image_col: str = "image",
@@ -54,6 +50,7 @@ def load(
     targets: str = "overall=mos",
     group_col: str | None = None,
     generator_col: str | None = None,
+    attribute_cols: str = "",
 ) -> Dataset:
     root = c.resolve_root("csv", data_root)
     label_file = Path(label).expanduser()
@@ -65,7 +62,9 @@ def load(
     frame = c.read_table(label_file, [image_col, *columns.values()])
     if prompt_col is None:
         prompt_col = "prompt" if "prompt" in frame.columns else ""
-    for opt, col in (("prompt_col", prompt_col), ("group_col", group_col), ("generator_col", generator_col)):
+    attributes = tuple(a.strip() for a in str(attribute_cols or "").split(",") if a.strip())
+    for opt, col in (("prompt_col", prompt_col), ("group_col", group_col), ("generator_col", generator_col),
+                     *(("attribute_cols", a) for a in attributes)):
         if col and col not in frame.columns:
             raise DataError(f"label file {label_file} has no column {col!r} (given as {opt}); it has: "
                             f"{', '.join(map(str, frame.columns))}")
@@ -89,13 +88,27 @@ def load(
                 targets={t: c.parse_float(row[col], label_file, i, col) for t, col in columns.items()},
                 group=group,
                 generator=c.text(row[generator_col]) if generator_col else "",
-                meta={**{col: row[col] for col in extra}, "row": i + 2},
+                meta={**{col: row[col] for col in extra}, **{a: c.text(row[a]) for a in attributes}, "row": i + 2},
             )
         )
     if not items:
         raise DataError(f"label file {label_file} has no rows")
     items, notes = c.dedupe(items, label_file, duplicates)
-    image_dir = c.find_image_dir(root, ["images", ""], items[0].id, images)
-    return c.finish("csv", items, tuple(columns), label_file, image_dir, notes,
-                    check_images=check_images, drop_missing=drop_missing, drop_bad_images=drop_bad_images,
-                    allow_outside_root=allow_outside_root)
+    image_dir = c.find_image_dir(root, ["images", ""], items[0].id)
+    return c.labels_only("csv", items, tuple(columns), label_file, image_dir, notes, root, attributes)
+
+
+SPEC = DatasetSpec(
+    name="csv",
+    summary="Your own dataset from a CSV/Excel label file (columns mapped with --dataset-opt)",
+    targets=(),
+    loader="agiqa_bench.datasets.tabular:load",
+    files="any; see `agiqa_bench.datasets.tabular`",
+    options=(DUPLICATES, DatasetOption("label", "the label file, relative to the data root (default data.csv)"),
+             DatasetOption("image_col", "the column of image file names (default image)"),
+             DatasetOption("prompt_col", "the prompt column (default: prompt, if there is one)"),
+             DatasetOption("targets", "target=column pairs, comma-separated (default overall=mos)"),
+             DatasetOption("group_col", "the column a split keeps together (default: the prompt)"),
+             DatasetOption("generator_col", "the generator column (per-generator breakdowns)"),
+             DatasetOption("attribute_cols", "comma-separated columns to break results down by (report --by)")),
+)

@@ -423,6 +423,25 @@ def load(data_root=None, **options) -> Dataset:
     return agiqa3k.load(data_root, name="synthetic", **options)
 
 
+def _spec():
+    from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
+
+    return DatasetSpec(
+        name="synthetic",
+        summary="SynthAGIQA: built-in prompt-conditioned shapes with simulated generator defects (offline, default)",
+        targets=("quality", "alignment", "overall"),
+        loader="agiqa_bench.synthetic.dataset:load",
+        files="data.csv + images/ (made by `agiqa-bench synth`; the built-in set is generated on first use)",
+        options=(DUPLICATES, DatasetOption("size", "built-in set: default, 1k or 3k (60, 180 or 300 prompts)"),
+                 *(DatasetOption(name, "built-in set: generation parameter") for name in SYNTH_OPTIONS
+                   if name != "size")),
+        attributes=("style",),
+    )
+
+
+SPEC = _spec()
+
+
 __all__ = [
     "FORMAT_VERSION",
     "ImagePlan",
@@ -434,6 +453,7 @@ __all__ = [
     "is_complete",
     "labels_for",
     "load",
+    "SPEC",
     "parse_name",
     "plan_dataset",
     "render_plan",
