@@ -35,6 +35,7 @@ _API = {
     "Weights": "agiqa_bench.method",
     "param": "agiqa_bench.params",
     "check_method": "agiqa_bench.testing",
+    "score": "agiqa_bench.scoring",
     "DatasetSpec": "agiqa_bench.datasets.spec",
     "DatasetOption": "agiqa_bench.datasets.spec",
 }

@@ -117,3 +117,29 @@ def test_the_project_tests_pass_with_the_plugin_installed(plugin_env):
                            f"{here / 'test_registry.py'}::test_registry_names_no_method"],
                           env=plugin_env, capture_output=True, text=True, timeout=600, cwd=here.parent)
     assert done.returncode == 0, done.stdout[-2000:]
+
+
+def test_score_in_one_call(tmp_path):
+    """`agiqa_bench.score`: paths or PIL images, one score per image, equal to the method's own predictions."""
+    import numpy as np
+    from PIL import Image
+
+    import agiqa_bench
+    from agiqa_bench.errors import ConfigError
+
+    root = make_tiny_agiqa3k(tmp_path / "d")
+    paths = sorted((root / "images").iterdir())[:4]
+    scores = agiqa_bench.score("cpbd", paths)
+    assert scores.shape == (4,) and np.all(np.isfinite(scores))
+    again = agiqa_bench.score("cpbd", [Image.open(p) for p in paths])
+    np.testing.assert_allclose(again, scores)
+    from agiqa_bench.datasets import load_dataset
+
+    ds = load_dataset("agiqa3k", root)
+    by_name = {it.image.name: it for it in ds.items}
+    direct = agiqa_bench.create_method("cpbd").predict([by_name[p.name] for p in paths])
+    np.testing.assert_allclose(scores, direct)
+    with pytest.raises(ConfigError, match="give checkpoint="):
+        agiqa_bench.score("ceiq", paths)
+    with pytest.raises(ConfigError, match="give prompts="):
+        agiqa_bench.score("clipscore", paths, dataset="synthetic")
