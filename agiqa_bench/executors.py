@@ -190,6 +190,26 @@ def _dataset_for(ctx: WorkerContext):
     return ds
 
 
+def keep_freed_memory() -> None:
+    """glibc: serve arrays up to 32 MiB from the heap and keep freed memory for reuse, instead of a fresh mmap
+    (and its page faults) for every array above 128 KiB.  Per-image work (NIQE, features) allocates and frees
+    such arrays by the thousand: measured here, NIQE on 1,080 images spent 45 s of 95 in the kernel; with this,
+    under 1 s, and two workers stop contending for the page-fault path.  A no-op off glibc."""
+    if not sys.platform.startswith("linux") or _worker_state.get("malloc_tuned"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        libc.mallopt(m_mmap_threshold, 32 * 2**20)
+        libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(m_top_pad, 64 * 2**20)
+        _worker_state["malloc_tuned"] = True
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
 def set_threads(threads: int | None) -> None:
     """torch and BLAS threads of this process: the environment (libraries loaded later), torch, and the thread
     pools of the BLAS / OpenMP libraries already loaded (numpy's OpenBLAS reads its environment only once, at
@@ -259,6 +279,7 @@ def _init_local_worker(ctx: WorkerContext, counter=None, gpus: int = 0) -> None:
             index, counter.value = counter.value, counter.value + 1
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
     set_threads(ctx.threads)
+    keep_freed_memory()
     _worker_state["ctx"] = ctx
 
 
@@ -371,6 +392,7 @@ def _ray_task(ctx: WorkerContext, index: int, job, threads: int | None, seed=Non
     from agiqa_bench.cache import seed as seed_cache
 
     set_threads(threads)
+    keep_freed_memory()
     seed_cache(seed)  # the method's map values (None for a shard): read before this node's disk
     return run_one(ctx, index, job)
 

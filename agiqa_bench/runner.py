@@ -418,10 +418,11 @@ def _in_memory(plan: Plan):
 
 def _outcomes(exe, ctx, todo, unavailable, emit):
     """The executor's outcomes; the serial one skips the jobs of a method already found unavailable."""
-    from agiqa_bench.executors import JobOutcome, SerialExecutor, run_one, set_threads
+    from agiqa_bench.executors import JobOutcome, SerialExecutor, keep_freed_memory, run_one, set_threads
 
     if isinstance(exe, SerialExecutor):
         set_threads(ctx.threads)
+        keep_freed_memory()
         for index, job in enumerate(todo):
             name = job.method.name
             emit("running", {"method": name, "repeat": job.split.repeat if isinstance(job, Job) else None})
