@@ -194,7 +194,7 @@ def keep_freed_memory() -> None:
     """glibc: serve arrays up to 32 MiB from the heap and keep freed memory for reuse, instead of a fresh mmap
     (and its page faults) for every array above 128 KiB.  Per-image work (NIQE, features) allocates and frees
     such arrays by the thousand: measured here, NIQE on 1,080 images spent 45 s of 95 in the kernel; with this,
-    under 1 s, and two workers stop contending for the page-fault path.  A no-op off glibc."""
+    2 workers spent 2 to 4 s there, and the two stop contending for the page-fault path.  A no-op off glibc."""
     if not sys.platform.startswith("linux") or _worker_state.get("malloc_tuned"):
         return
     try:
@@ -228,6 +228,13 @@ def set_threads(threads: int | None) -> None:
     torch = sys.modules.get("torch")  # not imported for a job that needs no torch: it reads OMP_NUM_THREADS when it is
     if torch is not None:
         torch.set_num_threads(threads)
+
+
+def prepare_process(threads: int | None) -> None:
+    """What every process that runs jobs does first (a local worker, a Ray task, the serial loop): its thread
+    count (`set_threads`) and its allocator (`keep_freed_memory`)."""
+    set_threads(threads)
+    keep_freed_memory()
 
 
 def run_one(ctx: WorkerContext, index: int, job) -> JobOutcome:
@@ -278,8 +285,7 @@ def _init_local_worker(ctx: WorkerContext, counter=None, gpus: int = 0) -> None:
         with counter.get_lock():  # before torch is imported here: worker k trains on GPU k % gpus
             index, counter.value = counter.value, counter.value + 1
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
-    set_threads(ctx.threads)
-    keep_freed_memory()
+    prepare_process(ctx.threads)
     _worker_state["ctx"] = ctx
 
 
@@ -391,8 +397,7 @@ def _ray_token_present() -> bool:
 def _ray_task(ctx: WorkerContext, index: int, job, threads: int | None, seed=None) -> JobOutcome:
     from agiqa_bench.cache import seed as seed_cache
 
-    set_threads(threads)
-    keep_freed_memory()
+    prepare_process(threads)
     seed_cache(seed)  # the method's map values (None for a shard): read before this node's disk
     return run_one(ctx, index, job)
 

@@ -16,23 +16,23 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agiqa_bench.cache import merge
 from agiqa_bench.datasets import load_dataset
 from agiqa_bench.device import resolve_device
 from agiqa_bench.errors import ConfigError
-from agiqa_bench.cache import merge
 from agiqa_bench.jobs import (  # noqa: F401  (re-exported: the runner's public names)
     SHARD_SIZE,
     Job,
-    Shard,
-    cache_dir,
-    plan_shards,
     MethodRun,
+    Shard,
     WorkerPlan,
     ablation_components,
+    cache_dir,
     data_hash,
     fit_predict,
     job_rows,
     method_seed,
+    plan_shards,
     row_base,
     run_job,
 )
@@ -418,11 +418,15 @@ def _in_memory(plan: Plan):
 
 def _outcomes(exe, ctx, todo, unavailable, emit):
     """The executor's outcomes; the serial one skips the jobs of a method already found unavailable."""
-    from agiqa_bench.executors import JobOutcome, SerialExecutor, keep_freed_memory, run_one, set_threads
+    from agiqa_bench.executors import (
+        JobOutcome,
+        SerialExecutor,
+        prepare_process,
+        run_one,
+    )
 
     if isinstance(exe, SerialExecutor):
-        set_threads(ctx.threads)
-        keep_freed_memory()
+        prepare_process(ctx.threads)
         for index, job in enumerate(todo):
             name = job.method.name
             emit("running", {"method": name, "repeat": job.split.repeat if isinstance(job, Job) else None})

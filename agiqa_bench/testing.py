@@ -14,7 +14,8 @@ The project runs the same functions over its own registry (`tests/test_registry.
 
 Each check raises `ContractError` (an AssertionError) whose message names the method and what failed.
 `tiny_dataset(folder)` writes and loads the small dataset they use (12 prompts x 3 generators, 64 px images
-in the AGIQA-3k layout, with quality and alignment MOS), so a check needs no download and no real data.
+in the AGIQA-3k layout, with quality and alignment MOS; the project's tests use the same writer at 128 px), so a
+check needs no download and no real data.
 """
 
 from __future__ import annotations
@@ -36,38 +37,48 @@ class ContractError(AssertionError):
     """A method broke the harness's contract; the message says which method and how."""
 
 
-def tiny_dataset(folder: str | Path, *, size: int = 64, seed: int = 0) -> Dataset:
-    """12 prompts x 3 generators of random-rectangle images (quality falls with blur), AGIQA-3k layout."""
+def blurred_shapes(size: int, blur: float, seed: int) -> np.ndarray:
+    """A small RGB image of random rectangles, box-blurred `blur` times (0 = sharp)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), rng.integers(0, 255, 3), dtype=np.float64)
+    for _ in range(6):
+        x0, y0 = rng.integers(0, size - 8, 2)
+        w, h = rng.integers(4, size // 2, 2)
+        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 255, 3)
+    for _ in range(int(blur)):
+        img = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1) + np.roll(img, -1, 1)) / 5
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_tiny_agiqa3k(folder: str | Path, *, size: int = 64, prompt: str = "prompt number {idx}") -> Path:
+    """An AGIQA-3k-layout folder: 12 prompts x 3 generators, `size` px images; quality falls with blur."""
     import csv
 
     from PIL import Image
-
-    from agiqa_bench.datasets import load_dataset
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for idx in range(12):
         for g, gen in enumerate(("genA_normal", "genB_lowstep", "genC_normal")):
-            rng = np.random.default_rng([seed, idx, g])
-            img = np.full((size, size, 3), rng.integers(0, 255, 3), dtype=np.float64)
-            for _ in range(6):
-                x0, y0 = rng.integers(0, size - 8, 2)
-                w, h = rng.integers(4, size // 2, 2)
-                img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 255, 3)
             blur = (idx + 3 * g) % 5
-            for _ in range(2 * blur):
-                img = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1) + np.roll(img, -1, 1)) / 5
             name = f"{gen}_{idx:03d}.png"
-            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / "images" / name)
-            rows.append([name, f"a picture of thing number {idx}", "", "", "", 4.0 - 0.7 * blur + 0.05 * g, 0.5,
+            Image.fromarray(blurred_shapes(size, 2 * blur, seed=idx * 10 + g)).save(folder / "images" / name)
+            rows.append([name, prompt.format(idx=idx), "", "", "", 4.0 - 0.7 * blur + 0.05 * g, 0.5,
                          1.0 + 0.2 * ((idx * 7 + g) % 11), 0.6])
     with open(folder / "data.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
+        writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["name", "prompt", "adj1", "adj2", "style", "mos_quality", "std_quality", "mos_align",
                          "std_align"])
         writer.writerows(rows)
-    return load_dataset("agiqa3k", folder)
+    return folder
+
+
+def tiny_dataset(folder: str | Path, *, size: int = 64) -> Dataset:
+    """`write_tiny_agiqa3k` into `folder`, loaded as the agiqa3k dataset."""
+    from agiqa_bench.datasets import load_dataset
+
+    return load_dataset("agiqa3k", write_tiny_agiqa3k(folder, size=size))
 
 
 def _split(dataset: Dataset):

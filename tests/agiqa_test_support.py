@@ -6,23 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from agiqa_bench.testing import blurred_shapes, write_tiny_agiqa3k  # noqa: F401  (blurred_shapes: re-exported)
+
 #: The real AGIQA-1k / AGIQA-3k label files, as shipped inside the package (no test reads outside the repository).
 DATASETS = Path(__file__).resolve().parents[1] / "agiqa_bench" / "datasets" / "labels"
 #: The IP-IQA reference code's folds, recorded from its split procedure (see tests/fixtures/README.md).
 REF_SPLITS = Path(__file__).resolve().parent / "fixtures" / "ref_ipiqa_splits.json"
-
-
-def blurred_shapes(size: int, blur: float, seed: int) -> np.ndarray:
-    """A small RGB image of random rectangles, box-blurred `blur` times (0 = sharp)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), rng.integers(0, 255, 3), dtype=np.float64)
-    for _ in range(6):
-        x0, y0 = rng.integers(0, size - 8, 2)
-        w, h = rng.integers(4, size // 2, 2)
-        img[y0:y0 + h, x0:x0 + w] = rng.integers(0, 255, 3)
-    for _ in range(int(blur)):
-        img = (img + np.roll(img, 1, 0) + np.roll(img, -1, 0) + np.roll(img, 1, 1) + np.roll(img, -1, 1)) / 5
-    return img.clip(0, 255).astype(np.uint8)
 
 
 def write_image(path: Path, array: np.ndarray) -> Path:
@@ -36,21 +25,8 @@ def write_image(path: Path, array: np.ndarray) -> Path:
 def make_tiny_agiqa3k(root: Path) -> Path:
     """An AGIQA-3k-layout folder: 12 prompts x 3 generators, 128 px images (two CPBD blocks wide).
 
-    Quality falls with blur, so sharpness methods have something to find.
-    """
-    import pandas as pd
-
-    rows = []
-    for idx in range(12):
-        for g, gen in enumerate(("genA_normal", "genB_lowstep", "genC_normal")):
-            blur = (idx + 3 * g) % 5
-            name = f"{gen}_{idx:03d}.png"
-            write_image(root / "images" / name, blurred_shapes(128, 2 * blur, seed=idx * 10 + g))
-            rows.append({"name": name, "prompt": f"prompt number {idx}", "adj1": "", "adj2": "", "style": "",
-                         "mos_quality": 4.0 - 0.7 * blur + 0.05 * g, "std_quality": 0.5,
-                         "mos_align": 1.0 + 0.2 * ((idx * 7 + g) % 11), "std_align": 0.6})
-    pd.DataFrame(rows).to_csv(root / "data.csv", index=False)
-    return root
+    Quality falls with blur, so sharpness methods have something to find (`agiqa_bench.testing`'s writer)."""
+    return write_tiny_agiqa3k(root, size=128)
 
 
 # -- methods used only by the tests ----------------------------------------------------
