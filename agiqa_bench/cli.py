@@ -6,9 +6,10 @@
     agiqa-bench splits export --dataset D --protocol P --output F
     agiqa-bench synth --out DIR                                 write a SynthAGIQA set
     agiqa-bench ablate --dataset D [--image2prompt CKPT]        IP-IQA's Table 3 variants
+    agiqa-bench score --checkpoint CKPT | --method M IMAGE...     score images with a kept model or a zero-shot method
     agiqa-bench pretrain clip | niqe ...                        make weights for the offline methods
 
-Methods add their own commands through the `agiqa_bench.commands` entry points (IP-IQA: `score`,
+Methods add their own commands through the `agiqa_bench.commands` entry points (IP-IQA:
 `pretrain image2prompt`; see `ipiqa/commands.py`).
 """
 
@@ -335,6 +336,58 @@ def compare(
             f"Nadeau-Bengio corrected t = {c.nb_t:.3f}, p = {c.nb_p:.4g} (n_train {c.n_train:.0f}, n_test {c.n_test:.0f})",
             highlight=False,
         )
+
+
+@app.command()
+@friendly
+def score(
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files to score (their prompt: --prompt)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A model kept by `run --keep-checkpoints` (any trainable method)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="A zero-shot method (or, with --checkpoint, the method it must hold)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt of the images given as arguments."),
+    csv: Optional[Path] = typer.Option(None, "--csv", help="CSV with an image column (paths relative to the CSV) and a prompt column."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write the scores to this CSV."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Apply this dataset's parameter defaults to a zero-shot --method."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="A zero-shot method's parameter: method.param=value (repeatable)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+):
+    """Score images with a kept model (--checkpoint) or a zero-shot method (--method); print or write the scores."""
+    import pandas as pd
+
+    from agiqa_bench.checkpoints import read
+    from agiqa_bench.outputs import atomic_write_text
+    from agiqa_bench.runner import parse_overrides
+    from agiqa_bench.scoring import predictions, read_pairs_csv
+
+    if checkpoint is None and method is None:
+        raise ConfigError("score: give --checkpoint CKPT (a model kept by `run --keep-checkpoints`) or --method NAME")
+    pairs = [(p, prompt or "") for p in images or []]
+    if csv is not None:
+        pairs += read_pairs_csv(csv)
+    if not pairs:
+        raise ConfigError("score: nothing to score; give image files (with --prompt) or --csv FILE")
+    overrides = parse_overrides(set_ or [])
+    unknown = set(overrides) - {method}
+    if unknown:
+        raise ConfigError(f"score: --set names {', '.join(sorted(unknown))}, not the method scored ({method})")
+    if checkpoint is not None:
+        err_console.print(f"{plain(checkpoint.name)}: {plain(read(checkpoint).describe())}", highlight=False)
+    scores, columns = predictions(method, [p for p, _ in pairs], [t for _, t in pairs], dataset=dataset,
+                                  checkpoint=checkpoint, overrides=overrides.get(method or ""), device=device)
+    frame = pd.DataFrame(scores, columns=list(columns))
+    frame.insert(0, "prompt", [t for _, t in pairs])
+    frame.insert(0, "image", [str(p) for p, _ in pairs])
+    if output is not None:
+        from leaderboard.report import csv_safe
+
+        atomic_write_text(output, csv_safe(frame).to_csv(index=False), what="write the scores")
+        err_console.print(f"{len(frame)} score(s) written to {plain(output)}")
+    table = Table(title=f"scores of {plain(checkpoint.name if checkpoint is not None else method)}")
+    for col in frame.columns:
+        table.add_column(col, justify="left" if col in ("image", "prompt") else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(plain(Path(row[0]).name), plain(row[1]), *(f"{v:.4f}" for v in row[2:]))  # full paths: --output
+    console.print(table)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

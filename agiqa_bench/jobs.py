@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from agiqa_bench import __version__
+from agiqa_bench.checkpoints import as_matrix
 from agiqa_bench.labels import LabelMap
 from agiqa_bench.method import MethodContext, MethodSpec
 from agiqa_bench.metrics import evaluate
@@ -198,7 +199,27 @@ def run_job(job: Job, ds: Dataset, context: MethodContext) -> tuple[np.ndarray, 
     m = job.method  # built from the job's own spec: a worker process needs no registry lookup
     method = load_class(m.spec)(m.spec, m.config, context, name=m.name)
     split = job.split
-    return fit_predict(method, ds.subset(split.train), ds.subset(split.val), ds.subset(split.test), job.targets)
+    pred, fit_s, pred_s, info = fit_predict(method, ds.subset(split.train), ds.subset(split.val),
+                                            ds.subset(split.test), job.targets)
+    if context.keep_checkpoints and context.workdir is not None:
+        info["checkpoint"] = keep_checkpoint(method, job)
+    return pred, fit_s, pred_s, info
+
+
+def keep_checkpoint(method, job: Job) -> str | None:
+    """Save the job's fitted model (`--keep-checkpoints`); None, with a warning, for a method without the hooks."""
+    from agiqa_bench import checkpoints
+
+    if method.spec.kind != "trainable":
+        return None
+    if not checkpoints.supports_checkpoints(method):
+        warnings.warn(f"{method.name} keeps no checkpoint: its class does not implement checkpoint_state / "
+                      "load_checkpoint_state", UserWarning, stacklevel=2)
+        return None
+    m, split, context = job.method, job.split, method.context
+    path = checkpoints.checkpoint_path(Path(context.workdir), context.dataset, m.name, split.repeat, job.targets,
+                                       m.config_hash)
+    return str(checkpoints.save(method, path, config_hash=m.config_hash, split=split.hash))
 
 
 def fit_predict(method, train: Sequence, val: Sequence, test: Sequence,
@@ -220,13 +241,9 @@ def fit_predict(method, train: Sequence, val: Sequence, test: Sequence,
     t0 = time.perf_counter()
     method.fit(train, val, targets)
     t1 = time.perf_counter()
-    pred = np.asarray(method.predict(test), dtype=np.float64)
+    pred = method.predict(test)
     t2 = time.perf_counter()
-    if pred.ndim == 1:
-        pred = np.repeat(pred[:, None], len(targets), axis=1)
-    if pred.shape != (len(test), len(targets)):
-        raise RuntimeError(f"{method.name}.predict returned shape {pred.shape}, "
-                           f"expected ({len(test)}, {len(targets)})")
+    pred = as_matrix(method, pred, len(test))
     info = dict(getattr(method, "info", {}) or {})
     if label_map is not None:
         pred = label_map.inverse(pred)

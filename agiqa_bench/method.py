@@ -196,6 +196,11 @@ class Method:
         #: Set by the runner before `fit`: how the labels it hands over were mapped (None: raw labels).
         self.label_map: LabelMap | None = None
 
+    @property
+    def uses_prompts(self) -> bool:
+        """True when this configuration reads `Item.prompt` (default: the spec's inputs say "prompt")."""
+        return self.spec.needs_prompt
+
     def precompute(self, items: Sequence[Item]) -> None:
         """The map phase's work for `items` (a method with `per_image`): compute and cache their per-image values.
         Default: `predict`, whose per-image scores a zero-shot method's cache keeps."""
@@ -223,10 +228,18 @@ class Method:
                 out[w.param] = identity(value)
         return out
 
-    def kept_checkpoint_path(self) -> Path:
-        """Where `--keep-checkpoints` saves this repeat's model: WORKDIR/checkpoints/DATASET-NAME-rREPEAT.pt."""
-        workdir = Path(self.context.workdir) if self.context.workdir is not None else Path(".")
-        return workdir / "checkpoints" / f"{self.context.dataset}-{path_safe(self.name)}-r{self.context.repeat}.pt"
+    # -- checkpoints (`agiqa_bench.checkpoints`): implement both to let `--keep-checkpoints` keep the model ----
+    def checkpoint_state(self) -> dict:
+        """The fitted model as tensors and plain values (dicts, lists, str, numbers; no other objects: the file
+        is read with `torch.load(weights_only=True)`).  The harness adds the method's name, parameters,
+        targets and label map."""
+        raise NotImplementedError(f"{self.spec.name} keeps no checkpoints")
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Make the method fitted again from `checkpoint_state()`'s output, on a method built with the same
+        parameters, `targets` and `label_map` already set; `predict` follows.  Build without downloading
+        pretrained weights wherever the state holds every trained tensor."""
+        raise NotImplementedError(f"{self.spec.name} keeps no checkpoints")
 
     #: True when the configuration selects epochs on the test part (`selection=test-oracle`);
     #: the runner then hands the test items to `set_oracle` before `fit`.

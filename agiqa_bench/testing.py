@@ -5,7 +5,9 @@ The project runs the same functions over its own registry (`tests/test_registry.
 
 - `check_contract`: built from its spec (with the spec's `smoke` overrides), fitted on a tiny dataset's
   train part with its validation part, it predicts the test part with the right shape ((n,) or, for a
-  `joint_targets` method, (n, targets)), finite, not constant, and the same twice for the same seed;
+  `joint_targets` method, (n, targets)), finite, not constant, and the same twice for the same seed; a
+  trainable method that keeps checkpoints (`Method.checkpoint_state`) predicts the same once saved and
+  restored (`check_checkpoint`);
 - `check_label_scale` (trainable methods): the same SRCC, to 1e-6, when the labels come as a*y + b (a few
   affine maps, a large a and a negative b among them), with predictions back in the labels' units.
 
@@ -122,6 +124,8 @@ def check_contract(name: str, dataset: Dataset, *, overrides: dict | None = None
                                     f"{len(targets)} target(s); expected ({len(test)},) or ({len(test)}, {len(targets)})")
             if not np.all(np.isfinite(pred)):
                 raise ContractError(f"{name}: predict returned {int((~np.isfinite(pred)).sum())} non-finite value(s)")
+            if attempt == 0:
+                check_checkpoint(method, test, pred, root / "kept.pt")
             outputs.append(pred)
         if not np.allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-8):
             worst = float(np.max(np.abs(outputs[0] - outputs[1])))
@@ -130,6 +134,26 @@ def check_contract(name: str, dataset: Dataset, *, overrides: dict | None = None
         if np.ptp(outputs[0]) == 0:
             raise ContractError(f"{name}: predicts one constant value for every item; such scores cannot be ranked")
         return outputs[0]
+
+
+def check_checkpoint(method, items: Sequence, pred: np.ndarray, path: Path) -> None:
+    """A fitted trainable method that implements the checkpoint hooks, saved and restored
+    (`agiqa_bench.checkpoints`), predicts `items` as it did (`pred`); methods without the hooks pass."""
+    from agiqa_bench import checkpoints
+
+    if method.spec.kind != "trainable" or not checkpoints.supports_checkpoints(method):
+        return
+    name = method.name
+    try:
+        restored = checkpoints.restore(checkpoints.save(method, path))
+    except Exception as exc:
+        raise ContractError(f"{name}: its checkpoint does not save and restore: {type(exc).__name__}: {exc}") from exc
+    again = np.asarray(restored.predict(items), dtype=float)
+    if again.shape != pred.shape or not np.allclose(again, pred, rtol=1e-5, atol=1e-6):
+        worst = float(np.max(np.abs(again - pred))) if again.shape == pred.shape else float("nan")
+        raise ContractError(f"{name}: the model restored from its checkpoint predicts differently (shape "
+                            f"{again.shape} vs {pred.shape}, max difference {worst:.3g}); checkpoint_state must keep "
+                            "everything predict uses")
 
 
 def _affine(items, a: float, b: float):

@@ -425,7 +425,8 @@ class TorchRegressor(Method):
     def train_config(self) -> TrainConfig:
         raise NotImplementedError
 
-    def save(self, path):
+    def rebuild(self, state: dict):
+        """The model's architecture for `load_checkpoint_state` (no pretrained weights: `state` holds them)."""
         raise NotImplementedError
 
     def extras(self, items: Sequence[Item]) -> list:
@@ -437,10 +438,20 @@ class TorchRegressor(Method):
         return {}
 
     # -- shared ---------------------------------------------------------------------------------
-    def keep_checkpoint(self) -> None:
-        """Save the fitted model where the run keeps checkpoints (`--keep-checkpoints`)."""
-        if self.context.keep_checkpoints and self.context.workdir is not None:
-            self.info["checkpoint"] = str(self.save(self.kept_checkpoint_path()))
+    def checkpoint_state(self) -> dict:
+        """The trained network's tensors (`agiqa_bench.checkpoints`)."""
+        if self.model is None:
+            raise RuntimeError(f"{self.spec.name}: no fitted model to keep")
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        model = self.rebuild(state)
+        try:
+            model.load_state_dict(state["state_dict"])
+        except (RuntimeError, KeyError) as exc:
+            raise ConfigError(f"{self.name}: the checkpoint's tensors do not fit the model its parameters build "
+                              f"({' '.join(str(exc).split())[:300]})") from None
+        self.model = model.eval()
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if self.model is None:

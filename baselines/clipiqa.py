@@ -338,6 +338,26 @@ class CLIPIQAPlus(CLIPIQA):
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
                      "train_mse_last": result.history[-1]["train_mse"]}
 
+    # -- checkpoints (`agiqa_bench.checkpoints`) ------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """The learned prompt contexts and the MOS range, plus which frozen CLIP they were learned against
+        (not its tensors: the same weights must be here to restore)."""
+        return {"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "clip": self.weights_identity()}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        trained, here = dict(state["clip"]), self.weights_identity()
+        keys = ("clip_model", "pretrained", "random_init_seed") + (("file",) if "file" in trained and "file" in here else ())
+        if any(trained.get(k) != here.get(k) for k in keys):
+            raise ConfigError(f"{self.name}: its prompts were learned against CLIP {trained}, but these parameters "
+                              f"load {here}; give the same weights (--set {self.spec.name}.pretrained=...)")
+        self.model = self.build(len(self.targets))
+        try:
+            self.model.load_state_dict(state["state_dict"])
+        except RuntimeError as exc:
+            raise ConfigError(f"{self.name}: the checkpoint's prompts do not fit this model "
+                              f"({' '.join(str(exc).split())[:300]})") from None
+
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if self.model is None:
             raise RuntimeError(f"{self.spec.name}: predict called before fit")

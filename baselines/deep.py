@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -286,19 +285,14 @@ class DeepIQAMethod(TorchRegressor):
                      "selection": cfg.selection, "train_loss_last": last["train_loss"],
                      "pretrained": {p: str(self.config[p]) for p in self.weight_params},
                      **{k: v for r in results for k, v in r.runtime.items()}}  # GPU speed-ups used (compile, ...)
-        self.keep_checkpoint()
 
     def predict_options(self, cfg: TrainConfig) -> dict:
         return {"mean": self.mean, "std": self.std, "crop_size": cfg.crop_size if cfg.test_crops else 0,
                 "crops": cfg.test_crops, "crop_mode": cfg.test_crop_mode, "seed": self.context.seed}
 
-    # -- checkpoints ------------------------------------------------------------------------------
-    def save(self, path: Path) -> Path:
-        import torch
-
-        from agiqa_bench.outputs import atomic_write
-
-        payload = {"format": "agiqa-bench/deep@1", "method": self.name, "params": self.config,
-                   "targets": list(self.targets), "state_dict": self.model.state_dict(),
-                   "label_map": self.label_map.to_dict() if self.label_map is not None else None}
-        return atomic_write(path, lambda fh: torch.save(payload, fh), what="write the checkpoint")
+    # -- checkpoints (`agiqa_bench.checkpoints`) ------------------------------------------------------
+    def rebuild(self, state: dict):
+        """The network without its pretrained parts (the state holds every tensor), in its MOS scaling."""
+        self.net = self.build(len(self.targets), {param: None for param in self.weight_params})
+        self.fp32_head(self.net)
+        return mos_scale(self.net, np.zeros(len(self.targets)), np.ones(len(self.targets)))

@@ -454,21 +454,14 @@ class IPCE(TorchRegressor):
                                lr_at=lambda epoch, _group: cfg.lr * official_lr_factor(epoch, period))
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
                      "train_l1_last": result.history[-1]["train_loss"], **result.runtime}
-        self.keep_checkpoint()
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         _need_prompts(self.spec.name, items)
         return super().predict(items)[:, 0]
 
-    def save(self, path):
-        import torch
-
-        from agiqa_bench.outputs import atomic_write
-
-        payload = {"format": "agiqa-bench/ipce@1", "method": self.name, "params": self.config,
-                   "targets": list(self.targets), "state_dict": self.model.state_dict(),
-                   "label_map": self.label_map.to_dict() if self.label_map is not None else None}
-        return atomic_write(path, lambda fh: torch.save(payload, fh), what="write the checkpoint")
+    def rebuild(self, state: dict):
+        """CLIP with random weights (the state holds every tensor), as `fit` builds it."""
+        return build_model({**self.config, "pretrained": ""}, option=f"{self.spec.name}.pretrained")
 
 
 # -- the zero-shot baseline ----------------------------------------------------------------------

@@ -88,6 +88,35 @@ def srcc(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
+class RBFSVR:
+    """A fitted RBF epsilon-SVR as plain arrays: f(x) = sum_i coef_i exp(-gamma |x - sv_i|^2) + intercept.
+
+    What a checkpoint keeps of `sklearn.svm.SVR` (no pickle); its `predict` agrees with sklearn's to
+    rounding (`tests/test_checkpoints.py`)."""
+
+    support_vectors: np.ndarray  # (n_sv, d), in scaled feature space
+    dual_coef: np.ndarray  # (n_sv,)
+    intercept: float
+    gamma: float
+
+    @classmethod
+    def of(cls, svr) -> "RBFSVR":
+        """From a fitted `sklearn.svm.SVR(kernel="rbf")`."""
+        return cls(np.asarray(svr.support_vectors_, dtype=np.float64), np.asarray(svr.dual_coef_, np.float64)[0],
+                   float(svr.intercept_[0]), float(svr._gamma))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        sv = self.support_vectors
+        out = np.empty(len(x))
+        for start in range(0, len(x), 1024):  # rows x support vectors at a time
+            chunk = x[start:start + 1024]
+            d2 = (chunk * chunk).sum(1)[:, None] + (sv * sv).sum(1)[None, :] - 2.0 * chunk @ sv.T
+            out[start:start + len(chunk)] = np.exp(-self.gamma * np.maximum(d2, 0.0)) @ self.dual_coef
+        return out + self.intercept
+
+
+@dataclass(frozen=True)
 class FeatureSVRParams:
     """The SVR's hyperparameters (LIBSVM's defaults) and its grid search."""
 
@@ -222,6 +251,30 @@ class FeatureSVR(Method):
         low, high = fit_scaling(x[fit_rows])
         model = self._svr(c, gamma).fit(apply_scaling(x[fit_rows], low, high), y[fit_rows])
         return srcc(model.predict(apply_scaling(x[eval_rows], low, high)), y[eval_rows])
+
+    # -- checkpoints (`agiqa_bench.checkpoints`) -----------------------------------
+    def checkpoint_state(self) -> dict:
+        """The SVR as arrays (support vectors, dual coefficients, intercept, gamma), the feature scaling and
+        the selected hyperparameters; no pickled sklearn object."""
+        import torch
+
+        if self.model is None:
+            raise RuntimeError(f"{self.spec.name}: no fitted model to keep")
+        svr = self.model if isinstance(self.model, RBFSVR) else RBFSVR.of(self.model)
+        tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+        return {"support_vectors": tensor(svr.support_vectors), "dual_coef": tensor(svr.dual_coef),
+                "intercept": svr.intercept, "gamma": svr.gamma, "scale_low": tensor(self.scale_low),
+                "scale_high": tensor(self.scale_high), "selected": dict(self.selected)}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        array = lambda key: state[key].double().numpy()  # noqa: E731
+        self.model = RBFSVR(array("support_vectors"), array("dual_coef"), float(state["intercept"]),
+                            float(state["gamma"]))
+        self.scale_low, self.scale_high = array("scale_low"), array("scale_high")
+        if self.model.support_vectors.shape[1:] != self.scale_low.shape:
+            raise ConfigError(f"{self.name}: the checkpoint's support vectors have "
+                              f"{self.model.support_vectors.shape[1:]} features, its scaling {self.scale_low.shape}")
+        self.selected = dict(state.get("selected") or {})
 
     # -- prediction ----------------------------------------------------------------
     def predict(self, items: Sequence[Item]) -> np.ndarray:

@@ -1,6 +1,5 @@
 """IP-IQA's own commands, mounted into `agiqa-bench` through the `agiqa_bench.commands` entry point.
 
-    agiqa-bench score --checkpoint CKPT IMAGE... --prompt TEXT   score new images with a trained IP-IQA model
     agiqa-bench pretrain image2prompt --diffusiondb DIR --out CKPT
 
 The harness's CLI knows no method: it calls `register(app, groups)` of every entry point in the
@@ -11,7 +10,7 @@ commands, so listing the CLI's help stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -20,38 +19,8 @@ from agiqa_bench.console import console, err_console, friendly
 
 
 def register(app: typer.Typer, groups: dict[str, typer.Typer]) -> None:
-    """Add `score` to the top level and `image2prompt` to `pretrain`."""
-    app.command("score")(friendly(score))
+    """Add `image2prompt` to `pretrain`."""
     groups["pretrain"].command("image2prompt")(friendly(image2prompt))
-
-
-def score(
-    images: Optional[List[Path]] = typer.Argument(None, help="Image files to score (with --prompt)."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="An IP-IQA checkpoint saved by `run --keep-checkpoints`."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="The prompt that generated the images given as arguments."),
-    csv: Optional[Path] = typer.Option(None, "--csv", help="CSV with columns image,prompt (paths relative to the CSV)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="Write the predictions to this CSV."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-):
-    """Score new images with a trained model and print (or write) the predictions."""
-    from agiqa_bench.device import resolve_device
-    from ipiqa.score import read_pairs_csv, score_pairs
-
-    pairs = [(p, prompt or "") for p in images or []]
-    if csv is not None:
-        pairs += read_pairs_csv(csv)
-    frame = score_pairs(checkpoint, pairs, resolve_device(device))
-    if output is not None:
-        frame.to_csv(output, index=False)
-        err_console.print(f"{len(frame)} prediction(s) written to {output}")
-    table = Table(title=f"predictions of {checkpoint.name}")
-    for col in frame.columns:
-        table.add_column(col, justify="right" if col not in ("image", "prompt") else "left")
-    for row in frame.itertuples(index=False):
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
-        cells[0] = Path(cells[0]).name  # the full path is in --output
-        table.add_row(*cells)
-    console.print(table)
 
 
 def image2prompt(

@@ -15,12 +15,11 @@ reference does for AGIQA-3k's quality and alignment.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.clip import clip_weights
-from agiqa_bench.labels import AGIQA3K_SCALE, LabelMap, LabelScale
+from agiqa_bench.labels import AGIQA3K_SCALE, LabelScale
 from agiqa_bench.method import MethodSpec
 from agiqa_bench.params import from_config, param
 from agiqa_bench.records import Item
@@ -127,6 +126,10 @@ class IPIQAMethod(TorchRegressor):
         super().__init__(spec, config, context, name=name)
         self._tokens: dict[str, Any] = {}
 
+    @property
+    def uses_prompts(self) -> bool:
+        return bool(self.config["use_prompt"])
+
     def weights_identity(self) -> dict[str, str]:
         """The CLIP weights (a shipped `agiqa-synth` file or a local checkpoint) and the Image2Prompt checkpoint."""
         from agiqa_bench.clip import SYNTH_TAG, WEIGHTS_DIR
@@ -189,45 +192,16 @@ class IPIQAMethod(TorchRegressor):
                                seed=self.context.seed, extras=self.extras, oracle=self._oracle)
         self.info = {"best_epoch": result.best_epoch, "selection": cfg.selection,
                      "train_mse_last": result.history[-1]["train_mse"], **result.runtime}
-        self.keep_checkpoint()
 
-    # -- checkpoints ----------------------------------------------------------------------
-    def save(self, path: Path) -> Path:
-        """A self-contained checkpoint that `agiqa-bench score` can load."""
-        import torch
+    # -- checkpoints (`agiqa_bench.checkpoints`) ------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """The network's tensors and its architecture (`IPIQAConfig`), so restoring needs no CLIP download."""
+        return {"model_config": self.model.config.to_dict(), **super().checkpoint_state()}
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": "agiqa-bench/ipiqa@1", "config": self.model.config.to_dict(),
-                   "targets": list(self.targets), "method": self.name,
-                   "params": self.config, "state_dict": self.model.state_dict(),
-                   # how the training labels were scaled: `score` maps outputs back to the dataset's MOS units
-                   "label_map": self.label_map.to_dict() if self.label_map is not None else None}
-        from agiqa_bench.outputs import atomic_write
+    def rebuild(self, state: dict):
+        from ipiqa.model import IPIQA, IPIQAConfig
 
-        # a run killed mid-save leaves the previous checkpoint (or none), never a truncated one
-        return atomic_write(path, lambda fh: torch.save(payload, fh), what="write the checkpoint")
+        # every trained tensor comes from the file: no pretrained CLIP and no Image2Prompt checkpoint is read
+        return IPIQA(IPIQAConfig(**{**state["model_config"], "pretrained": "", "image2prompt": ""}))
 
 
-def load_checkpoint(path: str | Path):
-    """(model, targets, config, label_map) from a checkpoint written by `IPIQAMethod.save`; no download needed.
-    `label_map` (None in checkpoints older than label scaling) maps the model's outputs to MOS units."""
-    import torch
-
-    from ipiqa.model import IPIQA, IPIQAConfig
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:  # tensors and plain containers only: a pickle that carries code is refused, never run
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ConfigError(f"{path} is not a readable IP-IQA checkpoint (only tensors and plain values are loaded, "
-                          f"never pickled objects): {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != "agiqa-bench/ipiqa@1":
-        raise ConfigError(f"{path} is not an IP-IQA checkpoint written by agiqa-bench (run with --keep-checkpoints)")
-    config = IPIQAConfig(**{**payload["config"], "pretrained": "", "image2prompt": ""})  # weights come from the file
-    model = IPIQA(config)
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    label_map = payload.get("label_map")
-    return model, payload["targets"], payload["config"], LabelMap.from_dict(label_map) if label_map else None

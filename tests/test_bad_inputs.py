@@ -65,7 +65,7 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_never_runs(tmp_path):
     image = tmp_path / "x.png"
     Image.new("RGB", (8, 8)).save(image)
     result = invoke("score", image, "--checkpoint", bad, "--prompt", "p", "--device", "cpu")
-    one_line_error(result, "evil.pt is not a readable IP-IQA checkpoint", "never pickled objects")
+    one_line_error(result, "evil.pt is not a readable agiqa-bench checkpoint", "never pickled objects")
     assert not marker.exists()
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from agiqa_bench.cli import app
-from agiqa_bench.datasets import accepted_options, aigciqa2023, aigiqa20k, dataset_specs, load_dataset
+from agiqa_bench.datasets import accepted_options, aigciqa2023, dataset_specs, load_dataset
 from agiqa_bench.errors import ConfigError, DataError, MissingImagesError
 from agiqa_bench.records import KNOWN_TARGETS
 

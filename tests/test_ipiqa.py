@@ -149,7 +149,7 @@ def test_local_weights_load_through_the_pretrained_option(tmp_path):
 
 
 def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
-    from ipiqa.method import load_checkpoint
+    from agiqa_bench import checkpoints
 
     ds, split = data
     spec, _ = get_spec("ipiqa")
@@ -160,13 +160,10 @@ def test_selection_protocols_and_checkpoint_round_trip(data, tmp_path):
     oracle.set_oracle(test)
     oracle.fit(ds.subset(split.train), ds.subset(split.val), ds.targets)
     assert 0 <= oracle.info["best_epoch"] < 3
-    model, targets, _, _ = load_checkpoint(oracle.info["checkpoint"])
-    assert targets == list(ds.targets)
-    from agiqa_bench.training import predict_batches
-    from agiqa_bench.batches import ImageBank
-
-    again = predict_batches(model, ImageBank.get(test, 64), oracle.extras(test), "cpu", 64, False)
-    np.testing.assert_allclose(again, oracle.predict(test), rtol=1e-5, atol=1e-6)
+    path = checkpoints.save(oracle, tmp_path / "ipiqa.pt")
+    restored = checkpoints.restore(path)
+    assert restored.targets == tuple(ds.targets) and restored.config == oracle.config
+    np.testing.assert_allclose(restored.predict(test), oracle.predict(test), rtol=1e-5, atol=1e-6)
 
 
 def test_image2prompt_checkpoint_loads_into_a_vit_built_at_another_size(tmp_path):

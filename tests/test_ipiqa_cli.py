@@ -22,7 +22,7 @@ def test_run_keep_checkpoints_then_score(tiny_agiqa3k, tmp_path):
                     "--set", "ipiqa.pretrained=", "--set", "ipiqa.image_size=64", "--set", "ipiqa.selection=test-oracle",
                     *FAST)
     assert result.exit_code == 0, result.output
-    checkpoints = list((out / "checkpoints").glob("agiqa3k-ipiqa-r0.pt"))
+    checkpoints = list((out / "checkpoints").glob("agiqa3k-ipiqa-r0-quality+alignment-*.pt"))
     assert len(checkpoints) == 1
     report = invoke("report", "--out", out)
     assert "[test-oracle]" in report.output

@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from agiqa_test_support import make_tiny_agiqa3k
 
@@ -69,13 +71,26 @@ def test_the_readme_plugin_runs_through_the_cli(plugin_env, tmp_path):
     assert listed.returncode == 0 and "Hasler" in listed.stdout, listed.stderr
     out = tmp_path / "runs"
     done = subprocess.run([*cli, "run", "--methods", "colourfulness,cpbd", "--dataset", "agiqa3k", "--data-root",
-                           str(root), "--repeats", "2", "--out", str(out), "--executor", "local", "--workers", "2"],
-                          env=plugin_env, capture_output=True, text=True, timeout=600)
+                           str(root), "--repeats", "2", "--out", str(out), "--executor", "local", "--workers", "2",
+                           "--keep-checkpoints"], env=plugin_env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    from agiqa_bench.store import read_results
+    import json
+
+    from agiqa_bench.store import read_predictions, read_results
 
     rows = read_results(out)
-    assert len(rows[rows["method"] == "colourfulness"]) == 4  # 2 targets x 2 repeats, in worker processes too
+    mine = rows[rows["method"] == "colourfulness"]
+    assert len(mine) == 4  # 2 targets x 2 repeats, in worker processes too
+    # its kept model (the README's optional hooks) scores as the run predicted
+    row = mine.iloc[0]
+    want = read_predictions(out).query("result_id == @row.id")
+    pd.DataFrame({"image": [f"images/{i}" for i in want.item_id]}).to_csv(root / "pairs.csv", index=False)
+    scored = subprocess.run([*cli, "score", "--checkpoint", json.loads(row.info_json)["checkpoint"], "--csv",
+                             str(root / "pairs.csv"), "--output", str(tmp_path / "s.csv")], env=plugin_env,
+                            capture_output=True, text=True, timeout=300)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    got = pd.read_csv(tmp_path / "s.csv")[row.target].to_numpy()
+    np.testing.assert_allclose(got, want.prediction.to_numpy(), rtol=1e-9)
 
 
 def test_the_readme_dataset_plugin_is_listed_and_runs(plugin_env, tmp_path):
@@ -141,5 +156,5 @@ def test_score_in_one_call(tmp_path):
     np.testing.assert_allclose(scores, direct)
     with pytest.raises(ConfigError, match="give checkpoint="):
         agiqa_bench.score("ceiq", paths)
-    with pytest.raises(ConfigError, match="give prompts="):
+    with pytest.raises(ConfigError, match="scores images against their prompts: give a prompt for every image"):
         agiqa_bench.score("clipscore", paths, dataset="synthetic")

@@ -96,8 +96,12 @@ def test_the_colon_survives_overrides_and_file_names(tmp_path):
 
     assert parse_overrides(["pyiqa:musiq.pretrained_model_path=/w/m.pth", "pyiqa:clipiqa+.x=1"]) == {
         "pyiqa:musiq": {"pretrained_model_path": "/w/m.pth"}, "pyiqa:clipiqa+": {"x": "1"}}
+    from agiqa_bench.checkpoints import checkpoint_path
+
     method = create_method("pyiqa:clipiqa+", {}, MethodContext(dataset="synthetic", workdir=tmp_path, repeat=3))
-    assert method.kept_checkpoint_path().name == "synthetic-pyiqa_clipiqa+-r3.pt" == f"synthetic-{path_safe(method.name)}-r3.pt"
+    path = checkpoint_path(tmp_path, "synthetic", method.name, 3, ("quality",), "0123456789abcdef")
+    assert path.name == "synthetic-pyiqa_clipiqa+-r3-quality-01234567.pt"
+    assert path.name.startswith(f"synthetic-{path_safe(method.name)}-r3")
     with pytest.raises(ConfigError, match=r"method 'pyiqa:musiq' has no parameter x"):
         create_method("pyiqa:musiq", {"x": "1"})
 

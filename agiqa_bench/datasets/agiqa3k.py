@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agiqa_bench.datasets import _common as c
-from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
+from agiqa_bench.datasets.spec import DUPLICATES, DatasetSpec
 from agiqa_bench.errors import DataError
 from agiqa_bench.records import Dataset, Item
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from agiqa_bench.datasets import _common as c
-from agiqa_bench.datasets.spec import DUPLICATES, DatasetOption, DatasetSpec
+from agiqa_bench.datasets.spec import DatasetOption, DatasetSpec
 from agiqa_bench.errors import ConfigError, DataError
 from agiqa_bench.records import Dataset, Item
 
