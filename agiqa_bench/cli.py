@@ -7,6 +7,7 @@
     agiqa-bench synth --out DIR                                 write a SynthAGIQA set
     agiqa-bench ablate --dataset D [--image2prompt CKPT]        IP-IQA's Table 3 variants
     agiqa-bench score --checkpoint CKPT | --method M IMAGE...     score images with a kept model or a zero-shot method
+    agiqa-bench results list | delete --method M ... --yes      what a store holds; remove rows from it
     agiqa-bench pretrain clip | niqe ...                        make weights for the offline methods
 
 Methods add their own commands through the `agiqa_bench.commands` entry points (IP-IQA:
@@ -26,13 +27,32 @@ from rich.text import Text
 
 from agiqa_bench import __version__
 from agiqa_bench.cli_pretrain import pretrain_app
+from agiqa_bench.cli_results import results_app
 from agiqa_bench.console import console, err_console, friendly, plain, show_warning
 from agiqa_bench.errors import ConfigError
+
+def _flags_take_no_value() -> None:
+    """typer 0.29's help prints a `<bool>` type beside on/off flags (`--force <bool>`), as if they took a value,
+    which they refuse: a flag shows no type (every command's help, --help included)."""
+    option = getattr(getattr(typer, "core", None), "TyperOption", None)
+    show = getattr(option, "display_type_rich", None)
+    if show is None or getattr(show, "_agiqa_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) and self.metavar is None else show(self, ctx)
+
+    display_type_rich._agiqa_flags = True
+    option.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark harness for AI-generated image quality assessment.")
 splits_app = typer.Typer(no_args_is_help=True, help="Inspect and export train/validation/test splits.")
 app.add_typer(splits_app, name="splits")
 app.add_typer(pretrain_app, name="pretrain")
+app.add_typer(results_app, name="results")
 
 
 def _split_list(values: Optional[List[str]]) -> list[str]:
@@ -97,35 +117,52 @@ def main_callback(
 
 
 DATASET_HELP = "Dataset: synthetic (built-in), agiqa1k, agiqa3k, aigciqa2023, aigiqa20k or csv."
+# The options `run` and `ablate` share, declared once.
+DATASET_OPTION = typer.Option("synthetic", "--dataset", "-d", help=DATASET_HELP)
+DATA_ROOT_OPTION = typer.Option(None, "--data-root", help="Folder with the label file and images (or set AGIQA_BENCH_DATA).")
+IMAGES_OPTION = typer.Option(None, "--images", help="Image folder, if not found under the data root.")
+DROP_MISSING_OPTION = typer.Option(False, "--drop-missing", help="Benchmark without items whose image is missing (listed in a warning).")
+OUTSIDE_ROOT_OPTION = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default).")
+DROP_BAD_OPTION = typer.Option(False, "--drop-bad-images", help=DROP_BAD_HELP)
+MAX_PIXELS_OPTION = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP)
+DATASET_OPT_OPTION = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv.")
+TARGET_OPTION = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has).")
+REPEATS_OPTION = typer.Option(10, "--repeats", "-r", help="Number of random splits.")
+SEED_OPTION = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42).")
+VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection.")
+OUT_OPTION = typer.Option(Path("runs"), "--out", "-o", help="Output folder (results.sqlite, splits, caches).")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda.")
+FORCE_OPTION = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys.")
+KEEP_CHECKPOINTS_OPTION = typer.Option(False, "--keep-checkpoints", help="Save every trained model under OUT/checkpoints/ (for `score --checkpoint`).")
 
 
 @app.command()
 @friendly
 def run(
     methods: Optional[List[str]] = typer.Option(None, "--methods", "-m", help="Comma-separated methods (default: every runnable default method). See `agiqa-bench methods`."),
-    dataset: str = typer.Option("synthetic", "--dataset", "-d", help=DATASET_HELP),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images (or set AGIQA_BENCH_DATA)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
-    drop_missing: bool = typer.Option(False, "--drop-missing", help="Benchmark without items whose image is missing (listed in a warning)."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
-    drop_bad_images: bool = typer.Option(False, "--drop-bad-images", help=DROP_BAD_HELP),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable), e.g. targets=overall=mos for csv."),
-    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets to evaluate (default: all the dataset has)."),
-    repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    dataset: str = DATASET_OPTION,
+    data_root: Optional[Path] = DATA_ROOT_OPTION,
+    images: Optional[Path] = IMAGES_OPTION,
+    drop_missing: bool = DROP_MISSING_OPTION,
+    allow_outside_root: bool = OUTSIDE_ROOT_OPTION,
+    drop_bad_images: bool = DROP_BAD_OPTION,
+    max_pixels: Optional[int] = MAX_PIXELS_OPTION,
+    dataset_opt: Optional[List[str]] = DATASET_OPT_OPTION,
+    target: Optional[List[str]] = TARGET_OPTION,
+    repeats: int = REPEATS_OPTION,
     allow_many_repeats: bool = typer.Option(False, "--allow-many-repeats", help="Allow more than 1000 repeats."),
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped (80/20 of groups), ipiqa-reference (the IP-IQA code's folds) or all-images (zero-shot methods on every image, no split: the AGIQA-3k paper's protocol for alignment metrics)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
+    seed: Optional[int] = SEED_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
     splits: Optional[Path] = typer.Option(None, "--splits", help="Folds from a file instead of a protocol: a `splits export` JSON, or a folder of per-fold CSV lists of image names (e.g. a paper's train.csv/test.csv per fold). Rows are labelled with the file's hash."),
     train_dataset: Optional[str] = typer.Option(None, "--train-dataset", help="Cross-dataset run: fit on this dataset, test on every image of --dataset."),
     train_data_root: Optional[Path] = typer.Option(None, "--train-data-root", help="Folder of the --train-dataset (or set AGIQA_BENCH_DATA)."),
     train_dataset_opt: Optional[List[str]] = typer.Option(None, "--train-dataset-opt", help="Option key=value of the --train-dataset (repeatable), e.g. seed=1 for synthetic."),
     target_map: Optional[List[str]] = typer.Option(None, "--target-map", help="Cross-dataset: TRAIN=TEST target pairs whose names differ, e.g. overall=quality."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder (results.sqlite, splits, caches)."),
+    out: Path = OUT_OPTION,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter: method.param=value (repeatable)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Redo finished (method, target, repeat) keys."),
+    device: str = DEVICE_OPTION,
+    force: bool = FORCE_OPTION,
     executor: Optional[str] = EXECUTOR_OPTION,
     workers: Optional[int] = WORKERS_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
@@ -133,7 +170,7 @@ def run(
     wait: bool = WAIT_OPTION,
     threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
     shard_size: Optional[int] = SHARD_SIZE_OPTION,
-    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Save each split's selected model under OUT/checkpoints/."),
+    keep_checkpoints: bool = KEEP_CHECKPOINTS_OPTION,
 ):
     """Benchmark methods on identical grouped splits and store every result."""
     from agiqa_bench.crossdata import parse_target_map
@@ -212,10 +249,12 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
         for (method, message), n in sorted(summary.warnings.items())[:10]:
             err_console.print(f"  {plain(method)} ({n} row(s)): {plain(message)}", highlight=False, soft_wrap=True)
     if summary.failed:
+        from agiqa_bench.cli_progress import failure_lines
+
         err_console.print(f"[bold red]{len(summary.failed)} (method, target, repeat) key(s) failed[/]; "
                           f"see the Failures section of `agiqa-bench report --out {out}`.")
-        for method, tgt, rep, msg in summary.failed[:5]:
-            err_console.print(f"  {plain(method)} / {plain(tgt)} / repeat {rep}: {plain(msg)}", highlight=False)
+        for line in failure_lines(summary.failed):
+            err_console.print(f"  {plain(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     return summary
 
@@ -223,21 +262,24 @@ def _plan_and_execute(methods, *, out: Path, device: str, force: bool, keep_chec
 @app.command()
 @friendly
 def ablate(
-    dataset: str = typer.Option("synthetic", "--dataset", "-d", help=DATASET_HELP),
+    dataset: str = DATASET_OPTION,
     image2prompt: Optional[Path] = typer.Option(None, "--image2prompt", help="Image2Prompt checkpoint (adds the Image2Prompt rows)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file and images."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder, if not found under the data root."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Read images a label file names outside the image folder (refused by default)."),
-    drop_bad_images: bool = typer.Option(False, "--drop-bad-images", help=DROP_BAD_HELP),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help=MAX_PIXELS_HELP),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value (repeatable)."),
-    repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    data_root: Optional[Path] = DATA_ROOT_OPTION,
+    images: Optional[Path] = IMAGES_OPTION,
+    drop_missing: bool = DROP_MISSING_OPTION,
+    allow_outside_root: bool = OUTSIDE_ROOT_OPTION,
+    drop_bad_images: bool = DROP_BAD_OPTION,
+    max_pixels: Optional[int] = MAX_PIXELS_OPTION,
+    dataset_opt: Optional[List[str]] = DATASET_OPT_OPTION,
+    target: Optional[List[str]] = TARGET_OPTION,
+    repeats: int = REPEATS_OPTION,
     split_protocol: str = typer.Option("grouped", "--split-protocol", help="grouped or ipiqa-reference."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder."),
+    seed: Optional[int] = SEED_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
+    out: Path = OUT_OPTION,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a hyperparameter, e.g. ipiqa.epochs=20 (applies to every variant)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    force: bool = typer.Option(False, "--force", help="Redo finished keys."),
+    device: str = DEVICE_OPTION,
+    force: bool = FORCE_OPTION,
     executor: Optional[str] = EXECUTOR_OPTION,
     workers: Optional[int] = WORKERS_OPTION,
     ray_address: Optional[str] = RAY_ADDRESS_OPTION,
@@ -245,6 +287,7 @@ def ablate(
     wait: bool = WAIT_OPTION,
     threads_per_job: Optional[int] = THREADS_PER_JOB_OPTION,
     shard_size: Optional[int] = SHARD_SIZE_OPTION,
+    keep_checkpoints: bool = KEEP_CHECKPOINTS_OPTION,
 ):
     """The paper's Table 3: IP-IQA's ablation variants on identical splits (see `report`)."""
     from agiqa_bench.registry import get_spec
@@ -259,11 +302,12 @@ def ablate(
     else:
         err_console.print("[yellow]note:[/] no --image2prompt checkpoint: the Image2Prompt rows are left out "
                           "(make one with `agiqa-bench pretrain image2prompt`).")
-    options = _dataset_options(dataset_opt, images, allow_outside_root=allow_outside_root,
+    options = _dataset_options(dataset_opt, images, drop_missing=drop_missing, allow_outside_root=allow_outside_root,
                                drop_bad_images=drop_bad_images, max_pixels=max_pixels)
-    _plan_and_execute(list(variants), dataset=dataset, data_root=data_root, dataset_options=options, repeats=repeats,
-                      split_protocol=split_protocol, seed=seed, overrides=overrides, out=out, device=device,
-                      force=force, keep_checkpoints=False,
+    _plan_and_execute(list(variants), dataset=dataset, data_root=data_root, dataset_options=options,
+                      targets=_split_list(target) or None, repeats=repeats, split_protocol=split_protocol, seed=seed,
+                      val_fraction=val_fraction, overrides=overrides, out=out, device=device,
+                      force=force, keep_checkpoints=keep_checkpoints,
                       executor_options=_executor_options(executor, workers, ray_address, gpus_per_job, wait, threads_per_job, shard_size))
 
 
@@ -271,7 +315,7 @@ def ablate(
 @friendly
 def report(
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Output folder of `agiqa-bench run`."),
-    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, html (one self-contained file), csv or json."),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, html (one self-contained file), latex (booktabs tables for a paper), csv or json."),
     output: Optional[Path] = typer.Option(None, "--output", help="File to write (default: OUT/leaderboard.<ext>)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Prompt-cluster bootstrap replicates for the 95% intervals (0: none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
@@ -283,7 +327,7 @@ def report(
     from leaderboard.figures import write_figures
     from leaderboard.report import build_report
 
-    suffixes = {"markdown": "md", "html": "html", "csv": "csv", "json": "json"}
+    suffixes = {"markdown": "md", "html": "html", "latex": "tex", "csv": "csv", "json": "json"}
     if fmt not in suffixes:
         raise ConfigError(f"--format must be one of {', '.join(suffixes)}, not {fmt!r}")
     attributes = tuple(_split_list(by))
@@ -298,7 +342,7 @@ def report(
         except OSError as exc:
             raise output_error(target.parent / "figures", "write the figures in", exc) from None
     text = {"markdown": lambda: result.to_markdown(target.parent), "html": result.to_html,
-            "csv": result.to_csv, "json": result.to_json}[fmt]()
+            "latex": result.to_latex, "csv": result.to_csv, "json": result.to_json}[fmt]()
     atomic_write_text(target, text + ("\n" if not text.endswith("\n") else ""), what="write the report")
     if fmt == "markdown":
         print(text.encode("utf-8", "backslashreplace").decode("utf-8"))  # a non-UTF-8 --out path prints escaped
@@ -396,6 +440,7 @@ def methods(
     ctx: typer.Context,
     pattern: Optional[str] = typer.Argument(None, help="Glob filter, e.g. 'higrade*', or one family member ('pyiqa:musiq')."),
     details: bool = typer.Option(False, "--details", help="Every method's summary, reference, weights and where to get them."),
+    check_weights: bool = typer.Option(False, "--check-weights", help="Ask the model libraries where hub weights live (slower: imports them) instead of showing ? for those."),
 ):
     """List registered methods: kind, family, inputs, variants, weights needed and whether they are here.
 
@@ -432,33 +477,41 @@ def methods(
             pattern.startswith(f"{f.prefix}:") for f in families()):
         chosen = [get_spec(pattern)[0]]  # one family member: its details (an unknown member: the family's error)
     details = details or len(chosen) == 1
-    wide = console.width >= 120 or details  # the variants and weights names need room
-    table = Table(title="methods (weights: ✓ here, ✗ missing, ? not checked; --details says more)")
+    wide = console.width >= 120  # the variants and weights names need room
+    table = Table(title="methods (weights: ✓ here, ✗ missing, ? a hub tag: --check-weights asks its library; "
+                        "--details says more)")
     columns = ["method", "kind", "family", "weights", "default"] + (["prompt", "variants / aliases"] if wide else [])
-    for col in columns:
-        table.add_column(col, no_wrap=col != "variants / aliases")
-    approximations = []
+    approximations = [spec for spec in chosen if spec.approximation]
+    labels = {spec.name: spec.name + (" ≈" if spec.approximation else "") for spec in chosen}
+    for col in columns:  # a method's name is never cut: the other columns fold
+        if col == "method":
+            table.add_column(col, no_wrap=True, min_width=max((len(v) for v in labels.values()), default=6))
+        else:
+            table.add_column(col, overflow="fold")
+
     def status(spec):
-        """Each weights entry checked with the parameters of the variant it belongs to."""
-        out = [ws for ws in weights_status(spec, method_params(spec.name), thorough=details) if not ws[0].variants]
+        """Each weights entry checked with the parameters of the variant it belongs to; the same check in the
+        list and under --details, so the two always agree (file checks; --check-weights asks the libraries)."""
+        out = [ws for ws in weights_status(spec, method_params(spec.name), thorough=check_weights)
+               if not ws[0].variants]
         for variant in dict.fromkeys(v for w in spec.weights for v in w.variants):
             out += [ws for ws in weights_status(spec, method_params(f"{spec.name}.{variant}"), variant,
-                                                thorough=details) if ws[0].variants]
+                                                thorough=check_weights) if ws[0].variants]
         return out
 
     statuses = {spec.name: status(spec) for spec in chosen}
+    synthetic_ok = False
     for spec in chosen:
         marks = []
         for w, ok in statuses[spec.name]:
             mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "?"}[ok]
             synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
-            note = f" (synthetic: {synth or 'random init'})" if ok is False and synth is not None and wide else ""
+            if ok is False and synth is not None:  # runs on the built-in dataset with its own (shipped or random) weights
+                mark += "¹"
+                synthetic_ok = True
             which = f" (.{' .'.join(w.variants)})" if w.variants else ""
-            marks.append(f"{mark} {w.param}{which}{note}" if wide else mark)
-        label = spec.name
-        if spec.approximation:
-            label += " [yellow]≈[/]"
-            approximations.append(spec)
+            marks.append(f"{mark} {w.param}{which}" if wide else mark + which)
+        label = labels[spec.name].replace(" ≈", " [yellow]≈[/]")
         runs = "yes" if spec.default_run else "no"
         if spec.default_run and spec.default_variants:
             runs = " ".join(f".{v}" for v in spec.default_variants)
@@ -468,7 +521,10 @@ def methods(
             row += ["yes" if spec.needs_prompt else "", " ".join(variants) or "—"]
         table.add_row(*row)
     console.print(table)
-    if not wide:
+    if synthetic_ok:
+        console.print("¹ missing here for real datasets; the built-in synthetic dataset's default for it needs no "
+                      "download (shipped weights, or random init), so the method runs there.", highlight=False)
+    if not wide and not details:
         n_variants = sum(len(spec.variants) for spec in chosen)
         console.print(f"{len(chosen)} methods, {n_variants} variants: `agiqa-bench methods --details` lists the "
                       "variants, inputs and weights (or widen the terminal).", highlight=False)
@@ -487,8 +543,12 @@ def methods(
             if spec.variants:
                 console.print(f"  variants: {', '.join(f'{spec.name}.{v}' for v in spec.variants)}", highlight=False)
             for w, ok in statuses[spec.name]:
-                state = {True: "available", False: "missing", None: "unknown"}[ok]
-                console.print(f"  weights: {w.name} [{w.param}] — {state}; {w.hint}", highlight=False)
+                state = {True: "available", False: "missing",
+                         None: "cannot tell without asking its library (--check-weights)"}[ok]
+                synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
+                if ok is False and synth is not None:
+                    state += f" (synthetic dataset: {synth or 'random init'}, no download)"
+                console.print(f"  weights: {plain(w.name)} \\[{w.param}] — {state}; {plain(w.hint)}", highlight=False)
             from agiqa_bench.registry import load_class
 
             scale = getattr(load_class(spec), "label_scale", None) if spec.kind == "trainable" else None
@@ -543,9 +603,9 @@ def splits_export(
     output: Path = typer.Option(..., "--output", help="JSON file to write."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with the label file (images not needed)."),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", help="Dataset option key=value."),
-    repeats: int = typer.Option(10, "--repeats", "-r"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction"),
+    repeats: int = typer.Option(10, "--repeats", "-r", help="Number of random splits."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Base seed of the splits (grouped: 0, ipiqa-reference: 42)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train groups held out for model selection."),
 ):
     """Write the splits of a dataset as JSON (labels only; no image is read)."""
     from agiqa_bench.datasets import load_dataset
@@ -616,9 +676,9 @@ app.add_typer(synth_app, name="synth")
 def synth(
     ctx: typer.Context,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder to write data.csv and images/ into."),
-    n_prompts: int = typer.Option(None, "--n-prompts", help="Number of prompts (groups)."),
-    seed: int = typer.Option(None, "--seed", help="Generation seed."),
-    image_size: int = typer.Option(None, "--image-size", help="Image side in pixels."),
+    n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="Number of prompts (groups); default 60, as the built-in set."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Generation seed; default 0, as the built-in set."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Image side in pixels; default 96, as the built-in set."),
 ):
     """Write a SynthAGIQA set (AGIQA-3k layout) for `run --dataset synthetic --data-root OUT`."""
     if ctx.invoked_subcommand is not None:

@@ -12,6 +12,77 @@ from rich.table import Table
 from agiqa_bench.console import console, err_console, plain
 
 
+#: Seconds between plain progress lines when output is not a terminal (a log under nohup, SLURM, CI).
+LOG_EVERY_ENV = "AGIQA_BENCH_PROGRESS_SECONDS"
+LOG_EVERY = 30.0
+
+
+def failure_lines(failed: list[tuple]) -> list[str]:
+    """(method, target, repeat, message) failures as one line per method and message, with a count."""
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for method, target, repeat, message in failed:
+        groups.setdefault((method, message), []).append((target, repeat))
+    lines = []
+    for (method, message), keys in groups.items():
+        targets = sorted({t for t, _ in keys})
+        repeats = sorted({int(r) for _, r in keys})
+        span = f"repeat {repeats[0]}" if len(repeats) == 1 else f"repeats {repeats[0]}-{repeats[-1]} ({len(repeats)})"
+        lines.append(f"{method}: {len(keys)} key(s) ({', '.join(targets)}; {span}): {message}")
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class PlainProgress:
+    """Progress for a log, not a terminal: one plain line every `every` seconds while jobs finish (jobs done /
+    total, failed, elapsed, ETA), and one when the run ends.  Printed from a timer thread, so a long job still
+    shows the run is alive."""
+
+    def __init__(self, stream, every: float):
+        import threading
+
+        self.stream, self.every = stream, every
+        self.counts = {"done": 0, "failed": 0, "jobs": 0, "images": 0, "mapped": 0}
+        self.started = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="agiqa-progress")
+
+    def start(self, jobs: int) -> None:
+        import time
+
+        self.counts["jobs"] = jobs
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def line(self) -> str:
+        import time
+
+        c = self.counts
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        finished = c["done"] + c["failed"]
+        eta = (elapsed / finished * (c["jobs"] - finished)) if finished else None
+        images = f"per-image values {c['mapped']}/{c['images']} images, " if c["images"] else ""
+        return (f"progress: {images}{finished}/{c['jobs']} jobs finished ({c['failed']} failed), elapsed "
+                f"{_clock(elapsed)}, ETA {_clock(eta) if eta is not None else 'unknown'}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.emit()
+
+    def emit(self) -> None:
+        print(self.line(), file=self.stream, flush=True)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+            self.emit()
+
+
 def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=False, **executor_options):
     from rich.progress import (
         BarColumn,
@@ -24,7 +95,18 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
-    with Progress(*columns, console=console, transient=False) as progress:
+    plain_log = None
+    if not console.is_terminal:  # a log file or pipe: bars would show only at the end, so plain lines instead
+        import os
+        import sys
+
+        try:
+            every = float(os.environ.get(LOG_EVERY_ENV, LOG_EVERY))
+        except ValueError:
+            every = LOG_EVERY
+        plain_log = PlainProgress(sys.stdout, max(every, 0.05))
+    with Progress(*columns, console=console, transient=False, disable=plain_log is not None) as progress, \
+            _stopping(plain_log):
         tasks: dict = {}
         counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1}
 
@@ -39,17 +121,25 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
                 tasks["*"] = progress.add_task(f"{'all jobs':<18}", total=payload["jobs"], state=state())
                 progress.console.print(f"{payload['jobs']} job(s) on the {payload['executor']} executor"
                                        + (f" ({payload['workers']} workers)" if payload["workers"] > 1 else ""))
+                if plain_log is not None:
+                    plain_log.start(payload["jobs"])
                 return
             name = payload["method"]
             if kind == "method":
+                if payload.get("images") and plain_log is not None:
+                    plain_log.counts["images"] += payload["images"]
                 if payload.get("images"):  # the map phase: per-image values, images done / total
                     tasks[("map", name)] = progress.add_task(f"{plain(name + ' images'):<18}", total=payload["images"],
                                                              state="")
                 tasks[name] = progress.add_task(f"{plain(name):<18}", total=payload["todo"], state="")
             elif kind == "mapped":
                 progress.advance(tasks[("map", name)], payload["images"])
+                if plain_log is not None:
+                    plain_log.counts["mapped"] += payload["images"]
             elif kind in ("done", "error"):
                 counts["done" if kind == "done" else "failed"] += 1
+                if plain_log is not None:
+                    plain_log.counts["done" if kind == "done" else "failed"] += 1
                 progress.advance(tasks[name])
                 progress.update(tasks["*"], advance=1, state=state())
 
@@ -67,6 +157,15 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
         console.print(f"skipped {summary.skipped} finished row(s) already in {plain(out)}/results.sqlite (use --force to "
                       "redo)")
     return summary
+
+
+@contextlib.contextmanager
+def _stopping(plain_log):
+    try:
+        yield
+    finally:
+        if plain_log is not None:
+            plain_log.stop()
 
 
 @contextlib.contextmanager

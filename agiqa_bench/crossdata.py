@@ -131,8 +131,11 @@ def original_id(item_id: str) -> str:
 
 
 def cross_splits(dataset: Dataset, repeats: int = 10, seed: int = 0, val_fraction: float = 0.1, *,
-                 train_name: str = "", train_hash: str = ""):
-    """The `cross-dataset` protocol's repeats over a `combine`d dataset (see the module docstring)."""
+                 train_name: str = "", train_hash: str = "", train_options: dict | None = None,
+                 test_options: dict | None = None):
+    """The `cross-dataset` protocol's repeats over a `combine`d dataset (see the module docstring).
+    `train_options` / `test_options`: the datasets' label options (e.g. a synthetic world's seed), recorded in
+    the split family so a report can tell two worlds of one dataset apart."""
     from agiqa_bench.splits import Split, SplitSet, _carve_val
 
     if repeats < 1:
@@ -152,4 +155,7 @@ def cross_splits(dataset: Dataset, repeats: int = 10, seed: int = 0, val_fractio
                             tuple(g for g in test_groups if g in present_test)))
     params = {"repeats": repeats, "seed": seed, "val_fraction": val_fraction, "train_dataset": train_name,
               "train_data_hash": train_hash}
+    for key, options in (("train_options", train_options), ("test_options", test_options)):
+        if options:
+            params[key] = {k: str(v) for k, v in sorted(options.items())}
     return SplitSet(dataset.name, PROTOCOL, params, splits)

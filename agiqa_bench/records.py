@@ -97,7 +97,9 @@ class Dataset:
     def attribute(item: Item, name: str) -> str:
         """One attribute of an item as text ("" when it has none)."""
         value = item.generator if name == "generator" else item.meta.get(name, "")
-        return "" if value is None else str(value)
+        if value is None or (isinstance(value, float) and value != value):  # an empty label cell read as NaN
+            return ""
+        return str(value).strip()
 
     def subset(self, ids: Iterable[str]) -> list[Item]:
         """Items with these ids, in the order given."""

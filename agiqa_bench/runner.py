@@ -221,8 +221,17 @@ def plan_run(
     if cross:
         from agiqa_bench.crossdata import cross_splits
 
+        from agiqa_bench.datasets.spec import IMAGE_OPTIONS
+
+        image_options = {o.name for o in IMAGE_OPTIONS}  # how images are read, not which labels: left out
+
+        def label_options(options):
+            return {k: v for k, v in (options or {}).items() if k not in image_options}
+
         splits = cross_splits(ds, repeats, 0 if seed is None else seed, val_fraction,
-                              train_name=cross["train_dataset"], train_hash=cross["train_data_hash"])
+                              train_name=cross["train_dataset"], train_hash=cross["train_data_hash"],
+                              train_options=label_options(train_dataset_options),
+                              test_options=label_options(dataset_options))
     elif splits_file is not None:
         from agiqa_bench.folds import load_splits
 

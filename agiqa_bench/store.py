@@ -17,7 +17,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -259,6 +259,37 @@ class ResultStore:
                         [(rid, i, float(p), float(m), g, gen, a) for i, p, m, g, gen, a
                          in zip(row.item_ids, row.predictions, row.mos, groups, generators, attributes)],
                     )
+
+    def delete(self, **where: Any) -> list[tuple]:
+        """Remove the result rows (and their predictions) whose columns equal `where`'s values (None: any;
+        `config_hash` matches a prefix), in one transaction.  Returns (dataset, method, target, config_hash,
+        repeat, status) of each removed row."""
+        clauses, params = [], []
+        for column, value in where.items():
+            if value is None:
+                continue
+            if column not in ("dataset", "method", "target", "repeat", "status", "config_hash"):
+                raise ValueError(f"cannot select result rows by {column!r}")
+            if column == "config_hash":
+                clauses.append("substr(config_hash, 1, ?) = ?")
+                params += [len(str(value)), str(value)]
+            else:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if not clauses:
+            raise ValueError("refusing to delete every result row: select some")
+        condition = " AND ".join(clauses)
+        try:
+            with self._conn:  # all or nothing
+                removed = self._conn.execute(
+                    f"SELECT dataset, method, target, config_hash, repeat, status FROM results WHERE {condition} "
+                    "ORDER BY dataset, method, target, config_hash, repeat", params).fetchall()
+                self._conn.execute(f"DELETE FROM predictions WHERE result_id IN (SELECT id FROM results WHERE {condition})",
+                                   params)
+                self._conn.execute(f"DELETE FROM results WHERE {condition}", params)
+        except (sqlite3.Error, OSError) as exc:
+            raise output_error(self.path, "delete from the results store", exc) from None
+        return removed
 
     # -- reading --------------------------------------------------------------------
     def finished(self, key: tuple) -> bool:

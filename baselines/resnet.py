@@ -43,7 +43,7 @@ SPEC = MethodSpec(
                      "only", "backbone_weights",
                      "downloaded by torchvision's URL into the torch hub cache on first use; offline, pass a local "
                      "copy with --set resnet50.backbone_weights=PATH",
-                     check="baselines.deep:resnet50_available"),),
+                     check="baselines.deep:resnet50_available", variants=("imagenet",)),),
     reference="He et al., CVPR 2016 (torchvision resnet50); AGIQA-1k/3k and IP-IQA ResNet50 rows (no code)",
     default_run=False,  # ResNet-50 on 384 px crops: GPU work
     # 80 px crops, 5 epochs: a minute or two per repeat on a CPU

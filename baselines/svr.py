@@ -28,7 +28,8 @@ feature vector (`extract`) and names the features (`feature_name`,
   are never looked at.  With fewer than two groups the search is skipped and
   the given C / gamma are used.
 
-The chosen hyperparameters are recorded in ``self.selected``.
+The chosen hyperparameters are recorded in ``self.selected`` and in each result row's info (``svr``: C,
+gamma, the grid search's cross-validated SRCC, the number of support vectors).
 """
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ class FeatureSVR(Method):
         self.scale_low: np.ndarray | None = None
         self.scale_high: np.ndarray | None = None
         self.model = None  # sklearn.svm.SVR once fitted
+        self.info: dict[str, Any] = {}
         self._cache: FeatureCache | None = None
 
     # -- to implement ------------------------------------------------------------
@@ -216,6 +218,8 @@ class FeatureSVR(Method):
         self.scale_low, self.scale_high = fit_scaling(x)
         self.model = self._svr(self.selected["C"], self.selected["gamma"])
         self.model.fit(apply_scaling(x, self.scale_low, self.scale_high), y)
+        # kept with the result row: what the grid search chose (or the given C and gamma), and the model's size
+        self.info = {"svr": {**self.selected, "support_vectors": int(len(self.model.support_))}}
 
     def _svr(self, c: float, gamma: float):
         from sklearn.svm import SVR  # imported on use: listing methods loads this module

@@ -31,9 +31,13 @@ def attribute_values(preds: pd.DataFrame, name: str) -> pd.Series:
         if not isinstance(text, str) or not text:
             return ""
         try:
-            return str(json.loads(text).get(name, "") or "")
+            value = json.loads(text).get(name)
         except (ValueError, AttributeError):
             return ""
+        if value is None or (isinstance(value, float) and value != value):  # JSON null or NaN: no value
+            return ""
+        text = str(value).strip()
+        return "" if text == "nan" else text  # stores written before 0.1.0's fix hold an empty cell as "nan"
 
     return preds["attributes"].map(one)
 
@@ -45,7 +49,7 @@ def stored_attributes(preds: pd.DataFrame) -> list[str]:
     if "attributes" in preds:
         for text in preds["attributes"].dropna().unique():
             try:
-                found.update(k for k, v in json.loads(text).items() if v not in (None, ""))
+                found.update(k for k, v in json.loads(text).items() if v not in (None, "", "nan") and v == v)
             except (ValueError, AttributeError):
                 continue
     return names + sorted(found - {"generator"})
@@ -91,6 +95,11 @@ def breakdown_table(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, ti
     table_data = within_srcc(block, preds, attribute)
     if not table_data:
         return None
+    ids = [int(i) for line in block.itertuples() for i in str(line.result_ids).split(",") if i]
+    values_of = attribute_values(preds[preds["result_id"].isin(ids)], attribute)
+    without = int((values_of == "").sum())
+    left_out = (f"Test predictions of items without a {attribute} ({without} of {len(values_of)}) are left out. "
+                if without else "")
     values = sorted({v for row in table_data.values() for v in row})
     table = Table(f"{title} — SRCC within each {attribute}", ["Method", *values], key=f"by-{attribute}")
     labels = list(table_data)
@@ -104,6 +113,6 @@ def breakdown_table(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, ti
         table.rows.append([Cell(lab), *(col[i] for col in columns)])
     _mark_lacking(table, lacking(block))
     table.caption = (f"Spearman correlation between predictions and MOS among the test items of each {attribute} "
-                     f"(within each repeat, at least {MIN_ITEMS} items; mean over repeats). {repeats_note([('', block)])}"
-                     "Bold: best per column.")
+                     f"(within each repeat, at least {MIN_ITEMS} items; mean over repeats). {left_out}"
+                     f"{repeats_note([('', block)])}Bold: best per column.")
     return table

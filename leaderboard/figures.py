@@ -108,7 +108,10 @@ def attribute_breakdown(block: pd.DataFrame, preds: pd.DataFrame, attribute: str
     values = sorted({g for row in table.values() for g in row})
     labels = list(table)
     grid = np.array([[table[m].get(g, np.nan) for g in values] for m in labels])
-    fig, ax = plt.subplots(figsize=(1.1 * len(values) + 3, 0.42 * len(labels) + 1.6))
+    heading = title + f" — SRCC within each {attribute} (mean over repeats)"
+    # wide enough for the title and the method names (a few values would otherwise cut both)
+    width = max(1.1 * len(values) + 3 + 0.05 * max(len(lab) for lab in labels), 0.075 * len(heading) + 0.5)
+    fig, ax = plt.subplots(figsize=(width, 0.42 * len(labels) + 1.6))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=-1, vmax=1, aspect="auto")
     ax.set_xticks(range(len(values)), values, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -117,7 +120,7 @@ def attribute_breakdown(block: pd.DataFrame, preds: pd.DataFrame, attribute: str
             if np.isfinite(grid[i, j]):
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, label=f"SRCC within {attribute}")
-    ax.set_title(title + f" — SRCC within each {attribute} (mean over repeats)", fontsize=9)
+    ax.set_title(heading, fontsize=9)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -38,11 +38,13 @@ import pandas as pd
 from leaderboard.aggregate import summarize, summarize_shared
 from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
 from leaderboard.tables import (
+    TIED,
     Table,
     md_code,
     md_escape,
     ablation_table,
     alignment_table,
+    cross_label,
     cross_table,
     detail_table,
     is_cross,
@@ -51,8 +53,10 @@ from leaderboard.tables import (
 )
 
 BLOCK = ["dataset", "data_hash", "split_family", "target"]
-TEST_NOTE = ("≈: not significantly different from the block's best SRCC (Nadeau-Bengio corrected paired t-test on "
-             "the per-repeat differences, Holm-corrected across methods, alpha {alpha}).")
+TEST_NOTE = (TIED + ": not significantly different from the block's best SRCC (Nadeau-Bengio corrected paired t-test "
+             "on the per-repeat differences, Holm-corrected across methods, alpha {alpha}); a method whose "
+             "per-repeat SRCC varies widely can be " + TIED + " despite a much lower mean: the test cannot tell it "
+             "from the best, which is not evidence that the two are equal.")
 
 
 @dataclass
@@ -105,7 +109,7 @@ class Report:
         out = []
         for (dataset, data_hash, family, target), part in self.summary.groupby(BLOCK, sort=True):
             trained_on = part["train_dataset"].iloc[0] if bool(is_cross(part).any()) else None
-            where = f"{trained_on} → {dataset}" if trained_on else dataset
+            where = cross_label(trained_on, dataset, family) if trained_on else dataset
             table = detail_table(part, f"{where} / {target} — {family}")
             table.key = f"detail-{dataset}-{target}-{len(out)}"
             table.caption = (f"Labels {data_hash}. Mean ± sample std and median over repeats; 95% CI: prompt-cluster "
@@ -162,9 +166,25 @@ class Report:
             parts += [t.to_html() for t in self.detail_tables()]
         notes = self._notes_markdown()
         if notes:
-            parts.append("<h2>Notes and provenance</h2><pre>" + html.escape("\n".join(notes)) + "</pre>")
+            nested = "\n".join("#" + line if line.startswith("## ") else line for line in notes)  # under the h2
+            parts.append("<section class='notes'><h2>Notes and provenance</h2>" + render_markdown(nested) + "</section>")
         parts.append("</body></html>")
         return "\n".join(parts)
+
+    def to_latex(self) -> str:
+        """The paper-layout tables (Tables 1-3, cross-dataset, the `--by` breakdowns) as booktabs tables in a
+        document that compiles with a stock pdflatex (booktabs and graphicx, both in every TeX install); paste
+        the table environments into a paper."""
+        head = ["% agiqa-bench leaderboard: the paper-layout tables.",
+                f"% Store: {' '.join(str(self.folder / 'results.sqlite').split())}; built "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}.",
+                "% Each table environment needs \\usepackage{booktabs} (and graphicx for wide ones); "
+                "compile this file as it is, or paste the tables into a paper.",
+                "\\documentclass{article}", "\\usepackage[T1]{fontenc}", "\\usepackage{booktabs}",
+                "\\usepackage{graphicx}", "\\begin{document}", ""]
+        tables = self.tables() + self.breakdown_tables()
+        body = [t.to_latex() + "\n" for t in tables] or ["No finished results yet.", ""]
+        return "\n".join(head + body + ["\\end{document}"])
 
     def to_csv(self) -> str:
         return csv_safe(self.summary.drop(columns=["config_json"], errors="ignore")).to_csv(index=False)
@@ -256,11 +276,25 @@ class Report:
         return out
 
 
-CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1300px;color:#222}
-table{border-collapse:collapse;margin:1.2em 0;font-size:13px}caption{text-align:left;padding:.4em 0;max-width:1100px}
-.cap{font-weight:normal;color:#555}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text-align:left;font-style:italic}
-figure{display:inline-block;margin:1em}img{max-width:620px}pre{white-space:pre-wrap;font-size:12px}"""
+def render_markdown(text: str) -> str:
+    """The notes' markdown (headings, lists, bold, code spans; every piece of data in it already escaped by
+    `md_escape` / `md_code`) as HTML, through markdown-it (rich's own dependency), raw HTML off: a tag in the
+    text shows as text."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).render(text)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;padding:0 1.5em;max-width:1500px;color:#222;line-height:1.4}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:.4em 0 1.6em;font-size:13px}.tcap{max-width:1100px;margin-top:1.4em;font-size:14px}
+.cap{font-weight:normal;color:#555;display:block;margin-top:.3em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+th{white-space:normal;vertical-align:bottom}
+th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text-align:left;font-style:italic;white-space:normal}
+figure{margin:1.5em 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:14px}code{font-size:12px;background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}
+.notes li{margin:.2em 0}.notes{font-size:14px}
+@media (max-width:700px){body{margin:.5em;padding:0 .5em}table{font-size:12px}}"""
 
 
 def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:

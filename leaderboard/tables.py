@@ -8,7 +8,7 @@ Builders lay the summary out like the paper:
   or any dataset that has one), split-based rows and all-images rows apart.
 - Table 3 (`ablation_table`): IP-IQA variants with component check marks.
 - `detail_table`: every statistic of one (dataset, protocol, target) block.
-Best per column in bold, second underlined; a trailing "≈" marks a method not
+Best per column in bold, second underlined; a trailing "ⁿˢ" marks a method not
 significantly different from the best one's SRCC (see `leaderboard.report`).
 """
 
@@ -29,7 +29,8 @@ FAMILY_ORDER = (("handcrafted", "Handcrafted"), ("svr", "SVR-based"), ("deep", "
                 ("correspondence", "Image-prompt correspondence"), ("alignment", "Alignment (zero-shot)"), ("ours", "Ours"), ("", "Other"))
 #: The perceptual target of each dataset (AGIQA-1k has one coupled MOS).
 PERCEPTUAL_TARGET = {"agiqa1k": "overall", "agiqa3k": "quality", "aigciqa2023": "quality", "aigiqa20k": "overall"}
-TIED = "≈"
+#: Marks a method not significantly different from the best ("≈" marks an approximation in `methods`).
+TIED = "ⁿˢ"
 #: Marks a row that lacks some of the repeats other rows of its column have (failed or not run).
 LACKING = "†"
 
@@ -58,6 +59,60 @@ def md_code(text) -> str:
     fence = "`" * (max((len(run) for run in re.findall(r"`+", out)), default=0) + 1)
     pad = " " if out.startswith("`") or out.endswith("`") else ""
     return f"{fence}{pad}{out}{pad}{fence}"
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def inline_markdown(text) -> str:
+    """Caption text as markdown: literal, except `code` spans, kept as code."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(md_code(p) if i % 2 else md_escape(p, line_start=i == 0) for i, p in enumerate(parts))
+
+
+def inline_html(text) -> str:
+    """Caption text as HTML: escaped, `code` spans as <code>."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
+#: Characters LaTeX reads as commands, and the symbols the tables use, as LaTeX that needs no package beyond
+#: booktabs (`latex_escape`).
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+          "±": r"$\pm$", "≈": r"$\approx$", "→": r"$\to$", "—": "---", "–": "--", "…": r"\ldots{}", "†": r"\dag{}",
+          "✓": r"$\surd$", "×": r"$\times$", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$", "²": r"\textsuperscript{2}",
+          "“": "``", "”": "''", "‘": "`", "’": "'", "ⁿˢ": r"\textsuperscript{ns}"}
+_LATEX_PATTERN = re.compile("|".join(re.escape(k) for k in sorted(_LATEX, key=len, reverse=True)))
+
+
+def latex_escape(text) -> str:
+    """Text from data as literal LaTeX: special characters escaped, the tables' symbols as LaTeX, any other
+    non-ASCII character transliterated (é -> e) or, failing that, written as [U+XXXX], so the file compiles
+    with a stock pdflatex and booktabs alone."""
+    import unicodedata
+
+    out = _LATEX_PATTERN.sub(lambda m: _LATEX[m.group(0)], re.sub(r"\s+", " ", str(text)))
+    if out.isascii():
+        return out
+    chars = []
+    for ch in out:
+        if ch.isascii():
+            chars.append(ch)
+            continue
+        plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()
+        chars.append(latex_escape(plain) if plain else f"[U+{ord(ch):04X}]")
+    return "".join(chars)
+
+
+def inline_latex(text) -> str:
+    """Caption text as LaTeX: literal, `code` spans in \\texttt."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(f"\\texttt{{{latex_escape(p)}}}" if i % 2 else latex_escape(p) for i, p in enumerate(parts))
+
+
+#: Column headers that end in a metric name are grouped under their common prefix in LaTeX's two-row header.
+_METRIC_HEADER = re.compile(r"^(.*\S)\s+(SRCC|PLCC|KRCC|RMSE)$")
 
 
 @dataclass
@@ -91,7 +146,54 @@ class Table:
                 lines.append("| *" + md_escape(self.sections[i]) + "* |" + " |" * (len(self.header) - 1))
             lines.append("| " + " | ".join(md(c) for c in row) + " |")
         if self.caption:
-            lines += ["", md_escape(self.caption, line_start=True)]
+            lines += ["", inline_markdown(self.caption)]
+        return "\n".join(lines)
+
+    def to_latex(self) -> str:
+        """A booktabs table environment: bold best, underlined second, a caption, a label; headers of the form
+        "GROUP METRIC" grouped under GROUP with \\cmidrule."""
+        def tex(cell: Cell) -> str:
+            text = latex_escape(cell.text)
+            if cell.underline:
+                text = f"\\underline{{{text}}}"
+            return f"\\textbf{{{text}}}" if cell.bold else text
+
+        n = len(self.header)
+        spans: list[tuple[str, int]] = []  # (group, columns) over header[1:]
+        metrics = [_METRIC_HEADER.match(h) for h in self.header[1:]]
+        grouped = n > 2 and all(metrics) and len({m.group(1) for m in metrics}) < len(metrics)
+        if grouped:
+            for m in metrics:
+                if spans and spans[-1][0] == m.group(1):
+                    spans[-1] = (m.group(1), spans[-1][1] + 1)
+                else:
+                    spans.append((m.group(1), 1))
+        lines = ["\\begin{table}[htbp]", "\\centering", "\\small",
+                 f"\\caption{{{latex_escape(self.title)}" + (f". {inline_latex(self.caption)}" if self.caption else "") + "}",
+                 f"\\label{{tab:{re.sub(r'[^A-Za-z0-9:-]', '-', self.key or 'table')}}}"]
+        widths = [max([len(self.header[j])] + [len(r[j].text) for r in self.rows if j < len(r)]) for j in range(n)]
+        wide = sum(widths) + 2 * n > 90  # about a text width of \small characters: scale the table down to fit
+        if wide:
+            lines.append("\\resizebox{\\textwidth}{!}{%")
+        lines += [f"\\begin{{tabular}}{{l{'r' * (n - 1)}}}", "\\toprule"]
+        if grouped:
+            lines.append(" & ".join([""] + [f"\\multicolumn{{{k}}}{{c}}{{{latex_escape(g)}}}" for g, k in spans]) + " \\\\")
+            col, rules = 2, []
+            for _, k in spans:
+                rules.append(f"\\cmidrule(lr){{{col}-{col + k - 1}}}")
+                col += k
+            lines.append(" ".join(rules))
+            lines.append(" & ".join([latex_escape(self.header[0])] + [m.group(2) for m in metrics]) + " \\\\")
+        else:
+            lines.append(" & ".join(latex_escape(h) for h in self.header) + " \\\\")
+        lines.append("\\midrule")
+        for i, row in enumerate(self.rows):
+            if i in self.sections:
+                if i:
+                    lines.append("\\midrule")
+                lines.append(f"\\multicolumn{{{n}}}{{l}}{{\\textit{{{latex_escape(self.sections[i])}}}}} \\\\")
+            lines.append(" & ".join(tex(c) for c in row) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else ""), "\\end{table}"]
         return "\n".join(lines)
 
     def to_html(self) -> str:
@@ -101,14 +203,16 @@ class Table:
                 text = f"<u>{text}</u>"
             return f"<td><b>{text}</b></td>" if c.bold else f"<td>{text}</td>"
 
-        out = [f'<table id="{html.escape(self.key)}">', f"<caption><b>{html.escape(self.title)}</b>"
-               + (f"<br><span class=\"cap\">{html.escape(self.caption)}</span>" if self.caption else "") + "</caption>",
+        # the title and caption above the table, as wide as the text (a <caption> would be as narrow as the table)
+        out = [f'<div class="tcap" id="{html.escape(self.key)}"><b>{html.escape(self.title)}</b>'
+               + (f'<span class="cap">{inline_html(self.caption)}</span>' if self.caption else "") + "</div>",
+               '<div class="scroll"><table>',
                "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in self.header) + "</tr>"]
         for i, row in enumerate(self.rows):
             if i in self.sections:
                 out.append(f'<tr class="section"><td colspan="{len(self.header)}">{html.escape(self.sections[i])}</td></tr>')
             out.append("<tr>" + "".join(cell(c) for c in row) + "</tr>")
-        out.append("</table>")
+        out.append("</table></div>")
         return "\n".join(out)
 
 
@@ -420,6 +524,25 @@ def is_cross(summary: pd.DataFrame) -> pd.Series:
     return summary["train_dataset"].notna() & (summary["train_dataset"].astype(str) != "")
 
 
+def cross_label(train: str, test: str, family: str) -> str:
+    """"train → test"; between two versions of one dataset (e.g. two SynthAGIQA worlds), with the options that
+    tell them apart (recorded in the split family by `crossdata.cross_splits`)."""
+    if train != test:
+        return f"{train} → {test}"
+    try:
+        params = json.loads(family.split(" ", 1)[1])
+    except (IndexError, ValueError, AttributeError):
+        params = {}
+    mine, theirs = dict(params.get("train_options") or {}), dict(params.get("test_options") or {})
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+    def side(options: dict) -> str:
+        shown = [f"{k}={options[k]}" for k in differ if k in options]
+        return f" ({', '.join(shown)})" if shown else " (defaults)" if differ else ""
+
+    return f"{train}{side(mine)} → {test}{side(theirs)}"
+
+
 def cross_table(summary: pd.DataFrame) -> Table | None:
     """Rows: methods; columns: each train -> test pair and target, SRCC and PLCC (mean over repeats with the
     95% prompt-cluster bootstrap interval)."""
@@ -428,10 +551,12 @@ def cross_table(summary: pd.DataFrame) -> Table | None:
         return None
     pairs = sorted({(r.train_dataset, r.dataset, r.target, r.data_hash) for r in part.itertuples()},
                    key=lambda p: (p[0], p[1], TARGET_ORDER.index(p[2]) if p[2] in TARGET_ORDER else 9, p[2], p[3]))
+    where = {(r.train_dataset, r.dataset, r.data_hash): cross_label(r.train_dataset, r.dataset, r.split_family)
+             for r in part.itertuples()}
     labels = dict.fromkeys(part.sort_values("label")["label"])
     families = dict(zip(part["label"], part["family"]))
     order = sorted(labels, key=lambda lab: (_family_order(families[lab]), lab))
-    header = ["Method"] + [f"{tr} → {te} ({t}) {m}" for tr, te, t, _ in pairs for m in ("SRCC", "PLCC")]
+    header = ["Method"] + [f"{where[tr, te, h]} ({t}) {m}" for tr, te, t, h in pairs for m in ("SRCC", "PLCC")]
     table = Table("Cross-dataset generalisation", header, key="cross")
     grid = {lab: [Cell(lab)] for lab in order}
     for tr, te, t, h in pairs:
@@ -455,7 +580,7 @@ def cross_table(summary: pd.DataFrame) -> Table | None:
                 grid[lab].append(cell)
     _rows_by_family(table, order, families, grid)
     _mark_lacking(table, lacking(part))
-    repeats = repeats_note([(f"{tr} → {te} ({t})", part[(part["train_dataset"] == tr) & (part["dataset"] == te)
+    repeats = repeats_note([(f"{where[tr, te, h]} ({t})", part[(part["train_dataset"] == tr) & (part["dataset"] == te)
                                                          & (part["target"] == t) & (part["data_hash"] == h)])
                             for tr, te, t, h in pairs])
     maps = sorted({r.split_family for r in part.itertuples()})
