@@ -294,7 +294,8 @@ th:first-child,td:first-child{text-align:left}tr.section td{background:#eef;text
 figure{margin:1.5em 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:14px}code{font-size:12px;background:#f4f4f4;padding:0 .2em;overflow-wrap:anywhere}
 .notes li{margin:.2em 0}.notes{font-size:14px}
-@media (max-width:700px){body{margin:.5em;padding:0 .5em}table{font-size:12px}}"""
+@media (max-width:700px){body{margin:.5em;padding:0 .5em}table{font-size:12px}
+figure{overflow-x:auto}figure img{max-width:none}}"""
 
 
 def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
