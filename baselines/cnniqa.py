@@ -1,10 +1,12 @@
-"""CNNIQA (Kang, Ye, Li, Doermann, CVPR 2014) on pyiqa's architecture, trained per split.
+"""CNNIQA (Kang, Ye, Li, Doermann, CVPR 2014) in pyiqa's architecture layout, trained per split.
 
-Architecture: `pyiqa.archs.cnniqa_arch.CNNIQA` (built with `pretrained=None`,
-which downloads nothing): conv 7x7 x 50 on RGB, global max and min pooling,
+Architecture: our implementation (`baselines.archs.cnniqa.CNNIQANet`) of
+pyiqa's `CNNIQA` layout: conv 7x7 x 50 on RGB, global max and min pooling,
 FC 800 -> ReLU -> dropout 0.5 -> FC 800 -> ReLU -> FC.  The last layer has one
 output per target (all targets of the dataset are predicted jointly).  No
-pretrained weights: it trains from scratch.
+pretrained weights: it trains from scratch.  Same parameter names, same
+initial weights for a seed and same outputs as pyiqa's `CNNIQA(pretrained=None)`
+(tested in tests/test_archs_parity.py when pyiqa is installed).
 
 Recipes (parameters; `--set cnniqa.KEY=VALUE`):
 

@@ -1,14 +1,16 @@
-"""DBCNN (Zhang, Ma, Yan, Deng, Wang, TCSVT 2020) on pyiqa's architecture, trained per split.
+"""DBCNN (Zhang, Ma, Yan, Deng, Wang, TCSVT 2020) in pyiqa's architecture layout, trained per split.
 
-Architecture: `pyiqa.archs.dbcnn_arch.DBCNN`: ImageNet VGG-16 conv layers
-(conv5_3, 512 channels) and the S-CNN branch pretrained on synthetic
-distortions (128 channels), bilinear pooling to 512 x 128, signed square root,
-L2 normalisation, a linear layer (one output per target).  pyiqa's constructor
-always downloads VGG-16 and the S-CNN checkpoint, so `DBCNNNet` builds the same
-modules itself (pyiqa's `SCNN` class, torchvision's `vgg16`) and loads the
-weights through `baselines.deep` (parameters `backbone_weights` and
-`scnn_weights`: a tag, a local file, or "" for random init); `forward` is
-pyiqa's.  Offline, without the files, `fit` raises `MethodUnavailable`.
+Architecture: our implementation (`baselines.archs.dbcnn.DBCNNNet`, with our
+`SCNN` and torchvision's VGG-16 layers) of pyiqa's `DBCNN` layout: ImageNet
+VGG-16 conv layers (conv5_3, 512 channels) and the S-CNN branch pretrained on
+synthetic distortions (128 channels), bilinear pooling to 512 x 128, signed
+square root, L2 normalisation, a linear layer (one output per target).  The
+parameter names are pyiqa's, so its checkpoints load, and the outputs equal
+pyiqa's (tested in tests/test_archs_parity.py when pyiqa is installed).  The
+weights are loaded through `baselines.deep` (parameters `backbone_weights` and
+`scnn_weights`: a tag, a local file, or "" for random init); nothing is
+downloaded by the network itself.  Offline, without the files, `fit` raises
+`MethodUnavailable`.
 
 Official recipe (zwx8981/DBCNN-PyTorch, DBCNN.py), the default here:
 

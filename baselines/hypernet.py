@@ -1,22 +1,25 @@
-"""HyperIQA (Su et al., CVPR 2020) on pyiqa's HyperNet architecture, trained per split.
+"""HyperIQA (Su et al., CVPR 2020) in pyiqa's HyperNet architecture layout, trained per split.
 
-Architecture: `pyiqa.archs.hypernet_arch.HyperNet`: an ImageNet ResNet-50
+Architecture: our implementation (`baselines.archs.hypernet.HyperNetNet`) of
+pyiqa's `HyperNet` layout: an ImageNet ResNet-50
 (timm, `features_only`); the local distortion-aware (LDA) module pools stages
 1-4 into a 224-d vector; a hyper network (1x1 convs 2048 -> 1024 -> 512 -> 112
 on the stage-4 map) generates the weights and biases of a target network
 224 -> 112 -> 56 -> 28 -> 14 (sigmoid) -> K that maps the LDA vector to the
 scores (K = one output per target, the targets predicted jointly).
 
-pyiqa's constructor always asks timm for ImageNet weights, so `HyperNetNet`
-builds the same modules itself (same names, so pyiqa's HyperIQA checkpoints
-fit) and loads the backbone through `baselines.deep` (`backbone_weights`:
-`imagenet` = torchvision's IMAGENET1K_V1 file, the weights the official code
-loads through torchvision's model zoo, not timm's newer default; a local file;
-or "" for random init).  One generalisation: the LDA average pools are
-adaptive (8/4/2/1 output cells) and the stage-4 map is pooled to 7 x 7 for the
-hyper network, so crops other than 224 px work; at 224 px this is exactly the
-original network.  The harness feeds 224 crops and averages test crops, so
-`forward` scores one crop (pyiqa's eval-mode 25-crop grid is not used).
+`HyperNetNet` has pyiqa's module names (so pyiqa's HyperIQA checkpoints
+fit; parity with pyiqa is tested in tests/test_archs_parity.py when it is
+installed), downloads nothing itself, and loads the backbone through
+`baselines.deep` (`backbone_weights`: `imagenet` = torchvision's IMAGENET1K_V1
+file, the weights the official code loads through torchvision's model zoo, not
+timm's newer default; a local file; or "" for random init).  One
+generalisation: the LDA average pools are adaptive (8/4/2/1 output cells) and
+the stage-4 map is pooled to 7 x 7 for the hyper network, so crops other than
+224 px work; at 224 px this is the original network (the pools average the
+same cells; outputs equal to pyiqa's up to float rounding).  The harness feeds
+224 crops and averages test crops, so `forward` scores one crop (pyiqa's
+eval-mode 25-crop grid is not used).
 
 Official recipe (SSL92/hyperIQA: train_test_IQA.py, HyerIQASolver.py,
 data_loader.py), the default here:

@@ -1,4 +1,16 @@
-"""HyperIQA's network: pyiqa's HyperNet without downloads, K outputs, crops of any size.
+"""HyperIQA's network (Su et al., CVPR 2020): our implementation, K outputs, crops of any size, no downloads.
+
+A ResNet-50 (timm, `features_only`) reads the crop.  The local distortion-aware
+(LDA) modules turn stages 1-4 into a 224-d vector (1 x 1 convolutions, average
+pooling, linear layers: 16 + 16 + 16 + 176 values).  The hyper network (1 x 1
+convolutions 2048 -> 1024 -> 512 -> 112 on the stage-4 map) generates, per
+image, the weights (3 x 3 convolutions, reshaped) and biases (pooling + linear)
+of a target network 224 -> 112 -> 56 -> 28 -> 14 (sigmoid) -> K, which maps the
+LDA vector to the scores.
+
+Module names and shapes follow pyiqa's `HyperNet` (so its HyperIQA checkpoints
+load either way, K = 1); `tests/test_archs_parity.py` checks parameters and
+outputs against pyiqa at 224 px when it is installed.  Nothing here imports pyiqa.
 
 Imported by `baselines.hypernet` when a model is built, so that reading the
 method's spec (`agiqa-bench methods`) loads no model library.
@@ -9,7 +21,6 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
-from pyiqa.archs.hypernet_arch import HyperNet
 from torch import nn
 
 from agiqa_bench.amp import run_fp32
@@ -19,11 +30,16 @@ LDA_CELLS = (8, 4, 2, 1)  # AvgPool2d(7, stride 7) output sizes on the 224 px st
 FEATURE_SIZE = 7  # stage-4 map side at 224 px
 
 
-class HyperNetNet(HyperNet):
-    """pyiqa's HyperNet without downloads, with K outputs and crops of any size (exact at 224 px)."""
+class HyperNetNet(nn.Module):
+    """HyperIQA's HyperNet with K outputs and crops of any size (the original network at 224 px).
+
+    The backbone comes as a state dict (None = random init); nothing is
+    downloaded.  Inputs arrive normalised by the harness (ImageNet mean/std):
+    `preprocess` is the identity.
+    """
 
     def __init__(self, num_outputs: int = 1, backbone_state: dict | None = None, method: str = "hypernet"):
-        nn.Module.__init__(self)  # not HyperNet.__init__: it asks timm for pretrained weights unconditionally
+        super().__init__()
         self.base_model = timm.create_model("resnet50", pretrained=False, features_only=True)
         if backbone_state is not None:
             load_into(self.base_model, backbone_state, method, "backbone_weights", "a ResNet-50", drop=("fc.",))
@@ -50,12 +66,14 @@ class HyperNetNet(HyperNet):
             nn.Conv2d(2048, 1024, 1), nn.ReLU(inplace=True), nn.Conv2d(1024, 512, 1), nn.ReLU(inplace=True),
             nn.Conv2d(512, hyper_in, 1), nn.ReLU(inplace=True))
         self.global_pool = nn.Sequential()
-        self.default_mean = torch.zeros(1, 3, 1, 1)  # the harness normalises (ImageNet mean/std)
-        self.default_std = torch.ones(1, 3, 1, 1)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity: the harness normalises the inputs."""
+        return x
 
     def forward_patch(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K) scores of a batch of crops (pyiqa's forward_patch without its 224-only assertion)."""
-        feats = self.base_model(x)[1:]
+        """(B, K) scores of a batch of crops of any size (the stage-4 map is pooled to 7 x 7 when it differs)."""
+        feats = self.base_model(self.preprocess(x))[1:]
         lda = torch.cat([m(f) for f, m in zip(feats, self.lda_modules)], dim=1)
         last = feats[-1]
         if last.shape[-2:] != (FEATURE_SIZE, FEATURE_SIZE):
