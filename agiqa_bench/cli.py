@@ -8,6 +8,7 @@
     agiqa-bench ablate --dataset D [--image2prompt CKPT]        IP-IQA's Table 3 variants
     agiqa-bench score --checkpoint CKPT | --method M IMAGE...     score images with a kept model or a zero-shot method
     agiqa-bench results list | delete --method M ... --yes      what a store holds; remove rows from it
+    agiqa-bench licences [--extra pyiqa]                         every installed requirement's licence
     agiqa-bench pretrain clip | niqe ...                        make weights for the offline methods
 
 Methods add their own commands through the `agiqa_bench.commands` entry points (IP-IQA:
@@ -434,6 +435,33 @@ def score(
     console.print(table)
 
 
+@app.command()
+@friendly
+def licences(
+    extra: Optional[List[str]] = typer.Option(None, "--extra", help="Include an extra's packages too (e.g. pyiqa, dev); repeatable."),
+    show_all: bool = typer.Option(False, "--all", help="List every package, not only those that are not permissive."),
+):
+    """The licence of every package this install brings, from the installed packages' metadata."""
+    from agiqa_bench.licences import audit
+
+    rows = audit(extras=tuple(_split_list(extra)))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    shown = rows if show_all else [r for r in rows if r.kind != "permissive"]
+    table = Table(title=f"licences of agiqa-bench{'[' + ','.join(_split_list(extra)) + ']' if extra else ''} "
+                        f"and its {len(rows) - 1} installed requirements")
+    for col in ("package", "version", "licence", "kind", "required by"):
+        table.add_column(col, overflow="fold")
+    for r in shown:
+        table.add_row(plain(r.name), plain(r.version), plain(r.licence or "(none in its metadata)"), r.kind,
+                      plain(r.required_by))
+    console.print(table)
+    console.print(", ".join(f"{n} {k}" for k, n in sorted(counts.items())), highlight=False)
+    if counts.get("non-commercial"):
+        err_console.print("[yellow]non-commercial licences above: not for commercial use[/]")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly
 def methods(
@@ -555,6 +583,8 @@ def methods(
             if scale is not None:
                 console.print(f"  training labels: standardised on the training part, then put on the {scale.describe()} "
                               f"scale; predictions mapped back to MOS units", highlight=False)
+            for phase, need in spec.resources.items():
+                console.print(f"  needs ({plain(phase)}): {plain(need)}", highlight=False)
             for dataset in sorted(set(spec.dataset_defaults) | set(spec.recipes), key=lambda d: (d == "*", d)):
                 values = ", ".join(f"{k}={v}" for k, v in spec.dataset_defaults.get(dataset, {}).items())
                 source = spec.recipes.get(dataset, "")

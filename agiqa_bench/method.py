@@ -99,6 +99,10 @@ class MethodSpec:
     #: Where each dataset default comes from (dataset -> the official script or recipe it follows), shown by
     #: `agiqa-bench methods NAME --details`; "*" names the recipe of every other dataset.
     recipes: dict[str, str] = field(default_factory=dict)
+    #: What running it takes, by phase and backbone (e.g. {"inference, Qwen2.5-VL-3B": "about 8 GB of GPU memory
+    #: (bf16 weights 7.5 GB + activations; estimated from the parameter count)"}), shown by
+    #: `agiqa-bench methods NAME --details`: say how each figure was estimated.
+    resources: dict[str, str] = field(default_factory=dict)
     #: Ablation study (the paper's Table 3): "module:function" mapping a resolved configuration to
     #: {component label: switched on?}, and the variants `agiqa-bench ablate` runs, by study name
     #: ("default"; "image2prompt" when a pretraining checkpoint is given).

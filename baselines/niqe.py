@@ -2,31 +2,35 @@
 
 Reference: A. Mittal, R. Soundararajan, A. C. Bovik, "Making a 'completely
 blind' image quality analyzer", IEEE SPL 2013; MATLAB release
-``niqe_release.zip``.  The score is computed by pyiqa's implementation
-(``pyiqa.archs.niqe_arch.niqe``, a port of the MATLAB code through BasicSR):
+``niqe_release.zip``.  The score is computed by our implementation of the
+MATLAB release (`baselines.niqe_features`), which follows pyiqa's port of it
+(``pyiqa.archs.niqe_arch``, through BasicSR) where the two differ, and is
+parity-tested against pyiqa (``tests/test_niqe_parity.py``: equal to the last
+bit on this project's test images; pyiqa itself is not imported here):
 
-1. Y channel of the image on the 0-255 scale (pyiqa: YIQ luma by default,
-   rounded), cropped to a whole number of blocks.
+1. Y channel of the image on the 0-255 scale (YIQ luma by default, BT.601
+   YCbCr luma with ``color_space=ycbcr``; rounded), cropped to a whole number
+   of blocks.
 2. Two scales (the second a MATLAB-style bicubic antialiased 0.5x resize); per
-   scale, MSCN coefficients (7x7 Gaussian window, sigma 7/6, C = 1) and per
-   block (96x96, then 48x48) 18 features: a GGD fit (shape, variance) and, for
+   scale, MSCN coefficients (7x7 Gaussian window, sigma 7/6, replicated
+   border, C = 1) and per block (96x96, then 48x48) 18 features: an AGGD fit
+   of the coefficients (shape, mean of the left and right scales) and, for
    the four neighbour products, AGGD fits (shape, mean, left and right
-   variance).  36 features per block.
+   scale).  36 features per block.
 3. A multivariate Gaussian (mean, covariance) over the image's blocks; the
    score is ``sqrt((mu1 - mu2)' pinv((S1 + S2) / 2) (mu1 - mu2))`` against the
    pristine model (mu1, S1).
 
-We call pyiqa's `niqe` function with the pristine parameters directly (the
-same five preparation lines as its `calculate_niqe`), rather than its `NIQE`
-module, so that the block size can be changed; with the default block size
-and parameters the scores equal `pyiqa.create_metric('niqe')`'s (tested with a
-generated parameter file).
+The block size can be changed (with parameters fitted at that size); with the
+default block size and parameters the scores equal
+`pyiqa.create_metric('niqe')`'s (tested with a generated parameter file).
 
 Pristine parameters (``params``):
 
 - ``official`` (default): ``niqe_modelparameters.mat`` from the MATLAB
-  release (fitted on 125 pristine photographs), downloaded by pyiqa on first
-  use from its weights hub (cached in ``~/.cache/torch/hub``).
+  release (fitted on 125 pristine photographs), downloaded on first use from
+  pyiqa's weights hub (cached in ``~/.cache/torch/hub/pyiqa``, where pyiqa
+  keeps it too).
 - a local ``.mat`` with ``mu_prisparam`` (1x36) and ``cov_prisparam``
   (36x36), as the MATLAB release and pyiqa store them, or a ``.npz`` with
   ``mu_pris_param`` / ``cov_pris_param`` as BasicSR ships them
@@ -41,7 +45,9 @@ Pristine parameters (``params``):
 36 block features and the block sharpness (the sum of the local standard
 deviation over the block at the first scale); only blocks whose sharpness
 exceeds ``sharpness`` (0.75) times the image's sharpest block are kept; the
-model is the mean and covariance of the kept blocks of all images.  The
+model is the mean and covariance of the kept blocks of all images.  (The
+features are listed column by column and the sharpness row by row, as the
+shipped file was fitted; see `baselines.niqe_features.block_sharpness`.)  The
 parameters only make sense with the block size they were fitted with: the
 file records it (``block_size``) and `NIQE` refuses a mismatch.
 
@@ -71,13 +77,15 @@ SPEC = MethodSpec(
     family="handcrafted",
     factory="baselines.niqe:NIQE",
     kind="zero-shot",
-    summary="NIQE: distance of the image's natural-scene-statistics MVG to a pristine MVG (pyiqa's implementation).",
+    summary="NIQE: distance of the image's natural-scene-statistics MVG to a pristine MVG (our implementation of the "
+            "MATLAB release, parity-tested against pyiqa).",
     lower_is_better=True,
     weights=(Weights("NIQE pristine MVG parameters (official, niqe_modelparameters.mat)", "params",
-                     "downloaded by pyiqa on first use; offline, pass a .mat/.npz with --set niqe.params=PATH "
+                     "downloaded on first use (from pyiqa's weights hub); offline, pass a .mat/.npz with --set niqe.params=PATH "
                      "or fit one with `agiqa-bench pretrain niqe`",
                      check="baselines.niqe:params_available"),),
-    reference="Mittal, Soundararajan, Bovik, IEEE SPL 2013; pyiqa niqe_arch (port of the MATLAB release)",
+    reference="Mittal, Soundararajan, Bovik, IEEE SPL 2013; our implementation of the MATLAB release "
+              "(niqe_release), parity-tested against pyiqa's niqe_arch",
     dataset_defaults={"synthetic": {"params": "agiqa-synth", "block_size": 32}},
     smoke={"params": "agiqa-synth", "block_size": 32},
 )
@@ -142,52 +150,27 @@ def params_available(params: dict[str, Any]) -> bool:
 
 
 # -- features ----------------------------------------------------------------------
-def luma_255(rgb: np.ndarray, color_space: str = "yiq"):
-    """(1, 1, H, W) float64 tensor: pyiqa's Y channel on the 0-255 scale, rounded as pyiqa does."""
-    import torch
-    from pyiqa.archs.func_util import diff_round
-    from pyiqa.utils.color_util import to_y_channel
-
-    # float32 in [0, 1], as pyiqa's image loading (ToTensor) hands it to the metric
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(torch.float32) / 255.0
-    return diff_round(to_y_channel(x, 255, color_space)).to(torch.float64)
-
-
 def niqe_score(rgb: np.ndarray, mu: np.ndarray, cov: np.ndarray, block_size: int = DEFAULT_BLOCK,
                color_space: str = "yiq") -> float:
-    """NIQE of an RGB uint8 image against the pristine (mu, cov), via pyiqa's `niqe`."""
-    import torch
-    from pyiqa.archs.niqe_arch import niqe
+    """NIQE of an RGB uint8 image against the pristine (mu, cov) (computequality.m)."""
+    from baselines.niqe_features import luma_255, niqe
 
-    y = luma_255(rgb, color_space)
-    mu_t = torch.from_numpy(mu)[None].to(y)
-    cov_t = torch.from_numpy(cov)[None].to(y)
-    with torch.no_grad():
-        return float(niqe(y, mu_t, cov_t, block_size, block_size).reshape(-1)[0])
+    return niqe(luma_255(rgb, color_space), mu, cov, block_size)
 
 
 def block_features(rgb: np.ndarray, block_size: int = DEFAULT_BLOCK, color_space: str = "yiq") -> tuple[np.ndarray, np.ndarray]:
-    """(features (n_blocks, 36), sharpness (n_blocks,)) of an image, as estimatemodelparam.m computes them."""
-    import torch
-    from pyiqa.archs.func_util import normalize_img_with_gauss
-    from pyiqa.archs.niqe_arch import compute_feature
-    from pyiqa.matlab_utils import blockproc, fspecial, imfilter, imresize
+    """(features (n_blocks, 36), sharpness (n_blocks,)) of an image, as estimatemodelparam.m computes them.
 
-    img = luma_255(rgb, color_space)
-    rows, cols = img.shape[-2] // block_size, img.shape[-1] // block_size
-    img = img[..., : rows * block_size, : cols * block_size]
-    scales = []
+    The features are listed column by column, the sharpness row by row (see
+    `baselines.niqe_features.block_sharpness`).
+    """
+    import torch
+
+    from baselines.niqe_features import block_sharpness, luma_255, multiscale_features
+
     with torch.no_grad():
-        kernel = fspecial(7, 7.0 / 6, 1).to(img)
-        mu = imfilter(img, kernel, padding="replicate")
-        sigma = (imfilter(img**2, kernel, padding="replicate") - mu**2).abs().sqrt()
-        sharpness = sigma[0, 0].reshape(rows, block_size, cols, block_size).sum(dim=(1, 3)).reshape(-1)
-        for scale in (1, 2):
-            normalised = normalize_img_with_gauss(img, padding="replicate")
-            scales.append(blockproc(normalised, [block_size // scale, block_size // scale], fun=compute_feature))
-            if scale == 1:
-                img = imresize(img / 255.0, scale=0.5, antialiasing=True) * 255.0
-    features = torch.cat(scales, -1)[0]
+        features, img = multiscale_features(luma_255(rgb, color_space), block_size)
+        sharpness = block_sharpness(img, block_size)
     return features.numpy().astype(np.float64), sharpness.numpy().astype(np.float64)
 
 
@@ -226,7 +209,7 @@ class NIQEParams:
 
     params: str = param(OFFICIAL, help='pristine parameters: "official" | "agiqa-synth" | path to .mat / .npz')
     block_size: int = param(DEFAULT_BLOCK, ge=8, help="side of the square blocks (as the pristine file was fitted)")
-    color_space: str = param("yiq", choices=("yiq", "ycbcr"), help="luma: yiq (pyiqa's default) or ycbcr (BasicSR's)")
+    color_space: str = param("yiq", choices=("yiq", "ycbcr"), help="luma: yiq (as pyiqa) or ycbcr (BT.601, as BasicSR)")
 
 
 class NIQE(Method):

@@ -106,7 +106,8 @@ NO_DOWNLOAD = frozenset({"piqe", "entropy"})
 HANDCRAFTED_TYPES = frozenset({"NIQE", "ILNIQE", "BRISQUE", "PIQE", "NRQM", "PI", "Entropy"})
 #: NR metrics that read a caption besides the image, and the keyword pyiqa's network takes it by.
 PROMPT_KEYWORDS = {"clipscore": "caption_list"}
-INSTALL_HINT = "install it with `pip install pyiqa`"
+INSTALL_HINT = ("install the optional extra: `pip install \"agiqa-bench[pyiqa]\"` (in a checkout: "
+                "`pip install -e \".[pyiqa]\"`); pyiqa is licensed PolyForm Noncommercial 1.0")
 
 
 # -- pyiqa's table, read without importing pyiqa ------------------------------------------------------

@@ -38,6 +38,8 @@ def pristine_file(tmp_path_factory):
 def test_scores_equal_pyiqa_niqe_with_the_same_parameter_file(pristine_file, tmp_path):
     """Default path (96x96 blocks): identical to pyiqa's own NIQE module fed the same file."""
     import torch
+
+    pytest.importorskip("pyiqa", reason="parity with pyiqa needs the dev extra (pip install -e .[dev])")
     from pyiqa.archs.niqe_arch import NIQE as PyiqaNIQE
 
     mu, cov, _ = load_pristine(pristine_file)
