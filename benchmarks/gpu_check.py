@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                  # everything below
     python benchmarks/gpu_check.py --skip-pack      # without the 4-process packing test
+    python benchmarks/gpu_check.py --only vlm --vlm-model ~/models/Qwen2.5-VL-3B-Instruct   # the VLM step alone
     AGIQA_BENCH_COMPILE=1 python benchmarks/gpu_check.py --only model   # the same with torch.compile
 
 Random weights (open_clip `RN50-quickgelu`, `pretrained=""`): nothing is
@@ -17,7 +18,13 @@ downloaded, and speed does not depend on the values.  Prints, with timestamps:
 3. packing: 4 trainings at once on the GPU (4 spawned processes, bf16) vs one:
    total images/s;
 4. distinct predictions under bf16 autocast (the float32 head) vs fp32 on 600
-   random images: both counts should be 600.
+   random images: both counts should be 600;
+5. vlm (`baselines/vlm.py`, the default backbone Qwen/Qwen2.5-VL-3B-Instruct, or
+   `--vlm-model PATH` for a local copy: the GPU machine may have no internet):
+   zero-shot scoring images/s (bf16, 448 px, batch 8, the level-token score of
+   `vlm.zero_shot`) and the LoRA training step of `vlm` (q/v adapters r 64,
+   AdamW, batch 8): seconds per step and peak GPU memory, next to the spec's
+   estimated `resources`.  Skipped, in one line, when the model is not here.
 
 Without CUDA it prints one line and exits 0.  Every measurement is a few steps.
 """
@@ -222,12 +229,87 @@ def distinct_check(n: int = 600) -> None:
         f"max |bf16 - fp32| {float(np.abs(bf16 - fp32).max()):.4f}")
 
 
+def vlm_check(ref: str, steps: int) -> None:
+    """Zero-shot images/s and the LoRA step of the VLM scorers on `ref` (see the module docstring, step 5)."""
+    import numpy as np
+    import torch
+
+    from baselines.archs import vlm as arch
+    from baselines.vlm import TEMPLATES, VLMLoRAParams
+
+    problem = arch.model_problem(ref, "vlm")
+    if problem:
+        log(f"vlm: skipped: {problem}")
+        return
+    dry = DEVICE == "cpu"
+    size, batch = (64, 4) if dry else (448, 8)
+    t = time.perf_counter()
+    bb = arch.load_backbone(ref, method="vlm", device=DEVICE, bf16=True)
+    n_params = sum(p.numel() for p in bb.model.parameters())
+    log(f"vlm: {ref} ({type(bb.model).__name__}, {n_params / 1e6:,.1f} M parameters, {bb.dtype}) loaded in "
+        f"{time.perf_counter() - t:.1f}s; peak GPU memory {peak_gb():.1f} GiB")
+    question, answer = TEMPLATES["quality"]
+    text = arch.chat_text(bb.processor, question, answer)
+    ids = arch.level_token_ids(bb.tokenizer, answer, arch.LEVEL_WORDS, method="vlm", model=ref)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(batch)]
+    inputs = arch.batch_inputs(bb, images, [text] * batch, DEVICE)
+    log(f"vlm: {inputs['input_ids'].shape[1]} tokens per example at {size} px; level tokens {ids}")
+
+    def score():
+        with torch.no_grad():
+            return arch.expected_level(arch.level_probabilities(arch.next_token_logits(bb.model, inputs), ids))
+
+    score()
+    sync()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        scores = score()
+    sync()
+    s_per = (time.perf_counter() - t) / steps
+    log(f"vlm zero-shot: {batch / s_per:.1f} images/s per target ({s_per * 1000:.0f} ms per batch of {batch}), "
+        f"peak GPU memory {peak_gb():.1f} GiB; scores {[round(float(v), 3) for v in scores[:4]]}")
+    defaults = {f.name: f.default for f in __import__("dataclasses").fields(VLMLoRAParams)}
+    torch.manual_seed(0)
+    names = arch.add_lora(bb.model, targets=defaults["lora_targets"].split(","), r=defaults["lora_r"],
+                          alpha=defaults["lora_alpha"], dropout=defaults["lora_dropout"])
+    params = list(arch.lora_parameters(bb.model).values())
+    opt = torch.optim.AdamW(params, lr=defaults["lr"], weight_decay=0.0)
+    target = torch.as_tensor([ids[k % 5] for k in range(batch)], device=DEVICE)
+    bb.model.train()
+
+    def step():
+        logits = arch.next_token_logits(bb.model, inputs)
+        loss = torch.nn.functional.cross_entropy(logits.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    step()
+    sync()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    s_per = (time.perf_counter() - t) / steps
+    log(f"vlm LoRA: {len(names)} adapted layers, {sum(p.numel() for p in params) / 1e6:.1f} M trainable parameters; "
+        f"{s_per * 1000:.0f} ms per step of {batch} ({batch / s_per:.1f} examples/s), peak GPU memory "
+        f"{peak_gb():.1f} GiB; loss {float(loss.detach()):.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="measured steps per model-step measurement")
     parser.add_argument("--pack", type=int, default=4, help="trainings packed on the GPU at once")
     parser.add_argument("--skip-pack", action="store_true")
-    parser.add_argument("--only", choices=("model", "harness", "pack", "distinct"), default=None)
+    parser.add_argument("--only", choices=("model", "harness", "pack", "distinct", "vlm"), default=None)
+    parser.add_argument("--vlm-model", default=None,
+                        help="the vlm step's backbone: hub id or local folder (default: the vlm methods' default)")
     parser.add_argument("--cpu-dry-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     import torch
@@ -279,6 +361,12 @@ def main() -> int:
             log(f"packing: {total_ips:.1f} images/s in total ({each} "
                 f"each; peak {max(r['peak_gb'] for r in rows):.1f} GiB each) vs {single['images_per_s']:.1f} alone: "
                 f"x{total_ips / single['images_per_s']:.2f}")
+    if want("vlm"):
+        from baselines.vlm import DEFAULT_MODEL, TINY_MODEL
+
+        empty_cache()
+        vlm_check(args.vlm_model or (TINY_MODEL if DEVICE == "cpu" else DEFAULT_MODEL), args.steps)
+        empty_cache()
     log("done")
     return 0
 
