@@ -253,6 +253,21 @@ class Method:
         raise NotImplementedError(f"{self.spec.name} has no test-oracle protocol")
 
 
+class SelectsEpochs:
+    """Mixin of a trainable method whose `selection` parameter may name the official codes' labelled
+    `test-oracle` protocol: the runner then hands it the test part (`set_oracle`), kept in `self._oracle`."""
+
+    _oracle: Sequence[Item] | None = None
+
+    @property
+    def uses_test_oracle(self) -> bool:
+        return self.config.get("selection") == "test-oracle"
+
+    def set_oracle(self, items: Sequence[Item]) -> None:
+        """The test part, given by the runner only under selection=test-oracle."""
+        self._oracle = items
+
+
 def path_safe(name: str) -> str:
     """A method name as a file name on any system: letters, digits and `-_.+` kept, anything else (the ':' of
     `pyiqa:musiq`, a path separator) replaced by '_'."""

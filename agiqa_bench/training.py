@@ -394,10 +394,10 @@ def fit_regressor(
 
 
 # -- the trainable-torch method base ----------------------------------------------------------
-from agiqa_bench.method import Method  # noqa: E402  (method imports nothing from here)
+from agiqa_bench.method import Method, SelectsEpochs  # noqa: E402  (method imports nothing from here)
 
 
-class TorchRegressor(Method):
+class TorchRegressor(SelectsEpochs, Method):
     """What every torch method trained by `fit_regressor` shares (IP-IQA, the deep baselines).
 
     The selection protocol (`selection`: val, last, or the labelled test-oracle,
@@ -410,16 +410,7 @@ class TorchRegressor(Method):
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self.model = None  # what is trained and predicts
-        self._oracle: Sequence[Item] | None = None
         self.info: dict = {}
-
-    @property
-    def uses_test_oracle(self) -> bool:
-        return self.config["selection"] == "test-oracle"
-
-    def set_oracle(self, items: Sequence[Item]) -> None:
-        """The test part, given by the runner only under selection=test-oracle."""
-        self._oracle = items
 
     # -- hooks ----------------------------------------------------------------------------------
     def train_config(self) -> TrainConfig:

@@ -90,7 +90,7 @@ import numpy as np
 from agiqa_bench.cache import FeatureCache, namespace_for
 from agiqa_bench.errors import ConfigError, MethodUnavailable
 from agiqa_bench.images import load_rgb
-from agiqa_bench.method import Method, MethodSpec
+from agiqa_bench.method import Method, MethodSpec, SelectsEpochs
 from agiqa_bench.params import param
 from agiqa_bench.records import Item
 from agiqa_bench.training import SELECTIONS, TrainConfig, fit_regressor
@@ -277,7 +277,7 @@ class CLIPIQAPlusParams(CLIPIQAParams):
     selection: str = param("val", choices=SELECTIONS, help="epoch selection: val, last, or test-oracle (labelled)")
 
 
-class CLIPIQAPlus(CLIPIQA):
+class CLIPIQAPlus(SelectsEpochs, CLIPIQA):
     """CLIP-IQA+: CoOp contexts around the antonym prompts, one pair per target, trained per split."""
 
     params: ClassVar[type] = CLIPIQAPlusParams
@@ -285,14 +285,6 @@ class CLIPIQAPlus(CLIPIQA):
     def __init__(self, spec, config=None, context=None, *, name=None):
         super().__init__(spec, config, context, name=name)
         self.model = None
-        self._oracle: Sequence[Item] | None = None
-
-    @property
-    def uses_test_oracle(self) -> bool:
-        return self.config["selection"] == "test-oracle"
-
-    def set_oracle(self, items: Sequence[Item]) -> None:
-        self._oracle = items
 
     def build(self, n_targets: int, lo=None, hi=None):
         """The prompt learner around the frozen CLIP (contexts seeded by the context seed)."""

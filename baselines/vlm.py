@@ -96,7 +96,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from agiqa_bench.errors import ConfigError, MethodUnavailable
-from agiqa_bench.method import Method, MethodSpec, Weights
+from agiqa_bench.method import Method, MethodSpec, SelectsEpochs, Weights
 from agiqa_bench.params import param
 from agiqa_bench.records import Item
 from agiqa_bench.training import SELECTIONS
@@ -499,7 +499,7 @@ def from_levels(expected: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + (np.asarray(expected, dtype=np.float64) - 0.5) * width
 
 
-class VLMLoRA(_VLMBase):
+class VLMLoRA(SelectsEpochs, _VLMBase):
     """The Q-Align recipe trained per split with LoRA adapters (one adapter set for every target)."""
 
     params: ClassVar[type] = VLMLoRAParams
@@ -510,14 +510,6 @@ class VLMLoRA(_VLMBase):
         self.backbone = None
         self.lora_names: list[str] = []
         self.bins: dict[str, tuple[float, float]] = {}
-        self._oracle: Sequence[Item] | None = None
-
-    @property
-    def uses_test_oracle(self) -> bool:
-        return self.config["selection"] == "test-oracle"
-
-    def set_oracle(self, items: Sequence[Item]) -> None:
-        self._oracle = items
 
     def lora_config(self) -> dict:
         c = self.config

@@ -28,6 +28,20 @@ def tiny_agiqa3k_shared(tmp_path_factory) -> Path:
     return make_tiny_agiqa3k(tmp_path_factory.mktemp("shared") / "tiny3k")
 
 
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """An empty torch hub cache, and any connection attempt fails the test (use with `usefixtures`)."""
+    import socket
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest, and steadiest on a busy machine, on one torch thread."""

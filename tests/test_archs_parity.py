@@ -11,7 +11,6 @@ their downloaders replaced (nothing touches the network).
 
 from __future__ import annotations
 
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -31,15 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch, tmp_path):
-    """An empty torch hub cache, and any connection attempt fails the test."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def _offline(no_network):
+    """Every test here runs with no network and an empty torch hub cache (conftest's `no_network`)."""
 
 
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:

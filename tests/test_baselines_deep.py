@@ -6,7 +6,6 @@ and a socket that refuses to connect.
 
 from __future__ import annotations
 
-import socket
 import urllib.error
 
 import numpy as np
@@ -31,15 +30,8 @@ RANDOM = {"cnniqa": {}, "dbcnn": {"backbone_weights": "", "scnn_weights": "", "f
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch, tmp_path):
-    """An empty torch hub cache, and any connection attempt fails the test."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def _offline(no_network):
+    """Every test here runs with no network and an empty torch hub cache (conftest's `no_network`)."""
 
 
 @pytest.fixture(scope="module")
