@@ -192,7 +192,10 @@ class Table:
                 if i:
                     lines.append("\\midrule")
                 lines.append(f"\\multicolumn{{{n}}}{{l}}{{\\textit{{{latex_escape(self.sections[i])}}}}} \\\\")
-            lines.append(" & ".join(tex(c) for c in row) + " \\\\")
+            cells = [tex(c) for c in row]
+            if cells and cells[0].startswith("["):  # `\\` would read a leading [..] as its spacing argument
+                cells[0] = "{}" + cells[0]
+            lines.append(" & ".join(cells) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}" + ("}" if wide else ""), "\\end{table}"]
         return "\n".join(lines)
 

@@ -61,6 +61,8 @@ def test_latex_escapes_names_and_marks_best_and_second():
     assert "100\\%\\_net \\& \\$x\\$ \\#1 \\textasciitilde{} \\textasciicircum{} \\textbackslash{} e [U+4E2D]" in tex
     assert "\\texttt{--set x\\_y=1} \\& 50\\% of \\#items" in tex and "\\label{tab:t1}" in tex
     assert tex.isascii()
+    table.rows.append([Cell("[odd] name"), Cell("1"), Cell("2"), Cell("3"), Cell("4")])
+    assert "\\\\\n{}[odd] name &" in table.to_latex()  # not read as the spacing argument of the previous \\\\
 
 
 def test_latex_escape_leaves_nothing_latex_would_read():
