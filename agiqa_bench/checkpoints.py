@@ -164,6 +164,16 @@ def restore(checkpoint: str | Path | Checkpoint, *, device: str = "cpu"):
     return method
 
 
+def load_tensors(module, state: dict, owner: str) -> None:
+    """`module.load_state_dict(state["state_dict"])` (strict); a missing or mismatched state dict is one line
+    naming the method."""
+    try:
+        module.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise ConfigError(f"{owner}: the checkpoint's tensors do not fit the model its parameters build "
+                          f"({' '.join(str(exc).split())[:300]})") from None
+
+
 def as_matrix(method, pred, n: int) -> np.ndarray:
     """`predict`'s output as (n, len(method.targets)) (a 1-D output repeated per target), shape checked."""
     pred = np.asarray(pred, dtype=np.float64)

@@ -415,10 +415,11 @@ def score(
     unknown = set(overrides) - {method}
     if unknown:
         raise ConfigError(f"score: --set names {', '.join(sorted(unknown))}, not the method scored ({method})")
-    if checkpoint is not None:
-        err_console.print(f"{plain(checkpoint.name)}: {plain(read(checkpoint).describe())}", highlight=False)
+    kept = read(checkpoint) if checkpoint is not None else None  # read once: describe it, then restore it
+    if kept is not None:
+        err_console.print(f"{plain(checkpoint.name)}: {plain(kept.describe())}", highlight=False)
     scores, columns = predictions(method, [p for p, _ in pairs], [t for _, t in pairs], dataset=dataset,
-                                  checkpoint=checkpoint, overrides=overrides.get(method or ""), device=device)
+                                  checkpoint=kept, overrides=overrides.get(method or ""), device=device)
     frame = pd.DataFrame(scores, columns=list(columns))
     frame.insert(0, "prompt", [t for _, t in pairs])
     frame.insert(0, "image", [str(p) for p, _ in pairs])
@@ -528,13 +529,16 @@ def methods(
         return out
 
     statuses = {spec.name: status(spec) for spec in chosen}
+
+    def synthetic_default(spec, w, ok):
+        """What the built-in synthetic dataset's defaults put in place of missing weights (None: nothing)."""
+        return spec.dataset_defaults.get("synthetic", {}).get(w.param) if ok is False else None
     synthetic_ok = False
     for spec in chosen:
         marks = []
         for w, ok in statuses[spec.name]:
             mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "?"}[ok]
-            synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
-            if ok is False and synth is not None:  # runs on the built-in dataset with its own (shipped or random) weights
+            if synthetic_default(spec, w, ok) is not None:  # runs there with its own (shipped or random) weights
                 mark += "¹"
                 synthetic_ok = True
             which = f" (.{' .'.join(w.variants)})" if w.variants else ""
@@ -573,8 +577,8 @@ def methods(
             for w, ok in statuses[spec.name]:
                 state = {True: "available", False: "missing",
                          None: "cannot tell without asking its library (--check-weights)"}[ok]
-                synth = spec.dataset_defaults.get("synthetic", {}).get(w.param)
-                if ok is False and synth is not None:
+                synth = synthetic_default(spec, w, ok)
+                if synth is not None:
                     state += f" (synthetic dataset: {synth or 'random init'}, no download)"
                 console.print(f"  weights: {plain(w.name)} \\[{w.param}] — {state}; {plain(w.hint)}", highlight=False)
             from agiqa_bench.registry import load_class

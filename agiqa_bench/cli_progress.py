@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from agiqa_bench.console import console, err_console, plain
+from agiqa_bench.console import console, err_console, plain, ranges
 
 
 #: Seconds between plain progress lines when output is not a terminal (a log under nohup, SLURM, CI).
@@ -25,8 +25,8 @@ def failure_lines(failed: list[tuple]) -> list[str]:
     lines = []
     for (method, message), keys in groups.items():
         targets = sorted({t for t, _ in keys})
-        repeats = sorted({int(r) for _, r in keys})
-        span = f"repeat {repeats[0]}" if len(repeats) == 1 else f"repeats {repeats[0]}-{repeats[-1]} ({len(repeats)})"
+        repeats = {int(r) for _, r in keys}
+        span = f"repeat {ranges(repeats)}" if len(repeats) == 1 else f"repeats {ranges(repeats)} ({len(repeats)})"
         lines.append(f"{method}: {len(keys)} key(s) ({', '.join(targets)}; {span}): {message}")
     return lines
 
@@ -40,23 +40,27 @@ def _clock(seconds: float) -> str:
 class PlainProgress:
     """Progress for a log, not a terminal: one plain line every `every` seconds while jobs finish (jobs done /
     total, failed, elapsed, ETA), and one when the run ends.  Printed from a timer thread, so a long job still
-    shows the run is alive."""
+    shows the run is alive.  `counts` is the run's own tally (done, failed, jobs, images, mapped), read here."""
 
-    def __init__(self, stream, every: float):
+    def __init__(self, counts: dict, stream, every: float):
         import threading
 
-        self.stream, self.every = stream, every
-        self.counts = {"done": 0, "failed": 0, "jobs": 0, "images": 0, "mapped": 0}
+        self.counts, self.stream, self.every = counts, stream, every
         self.started = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="agiqa-progress")
 
-    def start(self, jobs: int) -> None:
+    def start(self) -> None:
         import time
 
-        self.counts["jobs"] = jobs
         self.started = time.monotonic()
         self._thread.start()
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def line(self) -> str:
         import time
@@ -95,6 +99,7 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[state]}"))
+    counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1, "images": 0, "mapped": 0}
     plain_log = None
     if not console.is_terminal:  # a log file or pipe: bars would show only at the end, so plain lines instead
         import os
@@ -104,11 +109,10 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
             every = float(os.environ.get(LOG_EVERY_ENV, LOG_EVERY))
         except ValueError:
             every = LOG_EVERY
-        plain_log = PlainProgress(sys.stdout, max(every, 0.05))
+        plain_log = PlainProgress(counts, sys.stdout, max(every, 0.05))
     with Progress(*columns, console=console, transient=False, disable=plain_log is not None) as progress, \
-            _stopping(plain_log):
+            (plain_log or contextlib.nullcontext()):
         tasks: dict = {}
-        counts = {"done": 0, "failed": 0, "jobs": 0, "workers": 1}
 
         def state() -> str:
             left = counts["jobs"] - counts["done"] - counts["failed"]
@@ -122,24 +126,20 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
                 progress.console.print(f"{payload['jobs']} job(s) on the {payload['executor']} executor"
                                        + (f" ({payload['workers']} workers)" if payload["workers"] > 1 else ""))
                 if plain_log is not None:
-                    plain_log.start(payload["jobs"])
+                    plain_log.start()
                 return
             name = payload["method"]
             if kind == "method":
-                if payload.get("images") and plain_log is not None:
-                    plain_log.counts["images"] += payload["images"]
                 if payload.get("images"):  # the map phase: per-image values, images done / total
+                    counts["images"] += payload["images"]
                     tasks[("map", name)] = progress.add_task(f"{plain(name + ' images'):<18}", total=payload["images"],
                                                              state="")
                 tasks[name] = progress.add_task(f"{plain(name):<18}", total=payload["todo"], state="")
             elif kind == "mapped":
                 progress.advance(tasks[("map", name)], payload["images"])
-                if plain_log is not None:
-                    plain_log.counts["mapped"] += payload["images"]
+                counts["mapped"] += payload["images"]
             elif kind in ("done", "error"):
                 counts["done" if kind == "done" else "failed"] += 1
-                if plain_log is not None:
-                    plain_log.counts["done" if kind == "done" else "failed"] += 1
                 progress.advance(tasks[name])
                 progress.update(tasks["*"], advance=1, state=state())
 
@@ -157,15 +157,6 @@ def execute_with_progress(plan, execute, out, device, force, keep_checkpoints=Fa
         console.print(f"skipped {summary.skipped} finished row(s) already in {plain(out)}/results.sqlite (use --force to "
                       "redo)")
     return summary
-
-
-@contextlib.contextmanager
-def _stopping(plain_log):
-    try:
-        yield
-    finally:
-        if plain_log is not None:
-            plain_log.stop()
 
 
 @contextlib.contextmanager

@@ -19,25 +19,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from agiqa_bench.console import console, err_console, friendly, plain
+from agiqa_bench.console import console, err_console, friendly, plain, ranges
 from agiqa_bench.errors import ConfigError
 
 results_app = typer.Typer(no_args_is_help=True, help="List what a results store holds; delete rows from it.")
 
 OUT_OPTION = typer.Option(Path("runs"), "--out", "-o", help="Output folder of `agiqa-bench run`.")
-
-
-def _repeats(values) -> str:
-    """Sorted repeat numbers as ranges: 0-4,7."""
-    nums = sorted({int(v) for v in values})
-    spans, start = [], None
-    for i, n in enumerate(nums):
-        if start is None:
-            start = n
-        if i + 1 == len(nums) or nums[i + 1] != n + 1:
-            spans.append(f"{start}-{n}" if n > start else f"{n}")
-            start = None
-    return ",".join(spans)
 
 
 def listing(out: Path, method: Optional[str] = None, dataset: Optional[str] = None) -> list[dict]:
@@ -59,8 +46,8 @@ def listing(out: Path, method: Optional[str] = None, dataset: Optional[str] = No
             "dataset": ds, "data_hash": labels, "method": name, "config_hash": chash, "target": target,
             "overrides": overrides, "split_protocol": str(part["split_protocol"].iloc[0]), "split_family": family,
             "train_dataset": part["train_dataset"].iloc[0] if part["train_dataset"].notna().any() else None,
-            "ok": len(ok), "failed": len(failed), "repeats": _repeats(ok["repeat"]),
-            "failed_repeats": _repeats(failed["repeat"]),
+            "ok": len(ok), "failed": len(failed), "repeats": ranges(ok["repeat"]),
+            "failed_repeats": ranges(failed["repeat"]),
             "srcc_mean": float(ok["srcc"].mean()) if len(ok) else None,
             "first": str(part["created_at"].min()), "last": str(part["created_at"].max()),
         })
@@ -150,5 +137,5 @@ def results_delete(
         counts.setdefault((ds, name, tgt, chash[:10], st), []).append(rep)
     console.print(f"deleted {len(removed)} result row(s) and their predictions:", highlight=False)
     for (ds, name, tgt, chash, st), reps in sorted(counts.items()):
-        console.print(f"  {plain(ds)} / {plain(name)} / {plain(tgt)} config {chash} ({st}): repeats {_repeats(reps)}",
+        console.print(f"  {plain(ds)} / {plain(name)} / {plain(tgt)} config {chash} ({st}): repeats {ranges(reps)}",
                       highlight=False)

@@ -36,6 +36,19 @@ def plain(value) -> str:
     return escape(visible(value))
 
 
+def ranges(values) -> str:
+    """Integers (repeat numbers) as sorted ranges: {0, 1, 2, 3, 4, 7} -> "0-4,7"."""
+    nums = sorted({int(v) for v in values})
+    spans, start = [], None
+    for i, n in enumerate(nums):
+        if start is None:
+            start = n
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            spans.append(f"{start}-{n}" if n > start else f"{n}")
+            start = None
+    return ",".join(spans)
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None):
     """Warnings as one readable line on stderr (dataset quirks, dropped items, skipped files)."""
     err_console.print(f"[yellow]warning:[/] {plain(message)}", highlight=False, soft_wrap=True)

@@ -71,7 +71,7 @@ def _model(method: str | None, *, checkpoint, dataset, overrides, device: str):
     from agiqa_bench.registry import create_method, get_spec
 
     if checkpoint is not None:
-        ck = checkpoints.read(checkpoint)
+        ck = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) else checkpoints.read(checkpoint)
         if method is not None and method not in (ck.method, ck.method.split(".")[0]):
             raise ConfigError(f"score: {ck.path} holds a {ck.method} model, not {method}")
         if overrides:
@@ -90,9 +90,10 @@ def _model(method: str | None, *, checkpoint, dataset, overrides, device: str):
 
 
 def predictions(method: str | None, images: Sequence[Any], prompts: Sequence[str] | None = None, *,
-                dataset: str | None = None, checkpoint: str | Path | None = None,
+                dataset: str | None = None, checkpoint=None,
                 overrides: dict[str, Any] | None = None, device: str = "auto") -> tuple[np.ndarray, tuple[str, ...]]:
-    """(n, k) scores and their k column names: a checkpoint's targets, or ("score",) for a zero-shot method."""
+    """(n, k) scores and their k column names: a checkpoint's targets, or ("score",) for a zero-shot method.
+    `checkpoint`: a kept model's path, or the `agiqa_bench.checkpoints.Checkpoint` already read from it."""
     from agiqa_bench import checkpoints
     from agiqa_bench.device import resolve_device
 

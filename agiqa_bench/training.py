@@ -436,12 +436,10 @@ class TorchRegressor(SelectsEpochs, Method):
         return {"state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
 
     def load_checkpoint_state(self, state: dict) -> None:
+        from agiqa_bench.checkpoints import load_tensors
+
         model = self.rebuild(state)
-        try:
-            model.load_state_dict(state["state_dict"])
-        except (RuntimeError, KeyError) as exc:
-            raise ConfigError(f"{self.name}: the checkpoint's tensors do not fit the model its parameters build "
-                              f"({' '.join(str(exc).split())[:300]})") from None
+        load_tensors(model, state, self.name)
         self.model = model.eval()
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:

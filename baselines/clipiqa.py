@@ -343,12 +343,10 @@ class CLIPIQAPlus(SelectsEpochs, CLIPIQA):
         if any(trained.get(k) != here.get(k) for k in keys):
             raise ConfigError(f"{self.name}: its prompts were learned against CLIP {trained}, but these parameters "
                               f"load {here}; give the same weights (--set {self.spec.name}.pretrained=...)")
+        from agiqa_bench.checkpoints import load_tensors
+
         self.model = self.build(len(self.targets))
-        try:
-            self.model.load_state_dict(state["state_dict"])
-        except RuntimeError as exc:
-            raise ConfigError(f"{self.name}: the checkpoint's prompts do not fit this model "
-                              f"({' '.join(str(exc).split())[:300]})") from None
+        load_tensors(self.model, state, self.name)
 
     def predict(self, items: Sequence[Item]) -> np.ndarray:
         if self.model is None:

@@ -18,6 +18,11 @@ GROUP_COLUMNS = ["dataset", "data_hash", "split_protocol", "split_family", "targ
 BLOCK_COLUMNS = ["dataset", "data_hash", "split_family", "target"]
 
 
+
+def result_ids(value) -> list[int]:
+    """The store row ids of a summary line's `result_ids` cell ("12,13,14"), in repeat order."""
+    return [int(i) for i in str(value).split(",") if i]
+
 def _loads(text: str) -> dict:
     try:
         return json.loads(text or "{}")
@@ -93,7 +98,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         row["n"] = int(part["repeat"].nunique())
         row["harness_version"] = ", ".join(sorted(part["harness_version"].unique()))
         row["split_hashes"] = ",".join(part.sort_values("repeat")["split_hash"])
-        row["result_ids"] = ",".join(str(i) for i in part.sort_values("repeat")["id"])
+        row["result_ids"] = ",".join(str(i) for i in part.sort_values("repeat")["id"])  # read by `result_ids`
         row["n_train_mean"] = float(part["n_train"].mean())
         row["n_test_mean"] = float(part["n_test"].mean())
         first = part.iloc[0]

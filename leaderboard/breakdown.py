@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from agiqa_bench.errors import ConfigError
+from leaderboard.aggregate import result_ids
 
 MIN_ITEMS = 3
 
@@ -31,15 +32,20 @@ def attribute_values(preds: pd.DataFrame, name: str) -> pd.Series:
         if not isinstance(text, str) or not text:
             return ""
         try:
-            value = json.loads(text).get(name)
+            return value_text(json.loads(text).get(name))
         except (ValueError, AttributeError):
             return ""
-        if value is None or (isinstance(value, float) and value != value):  # JSON null or NaN: no value
-            return ""
-        text = str(value).strip()
-        return "" if text == "nan" else text  # stores written before 0.1.0's fix hold an empty cell as "nan"
 
     return preds["attributes"].map(one)
+
+
+def value_text(value) -> str:
+    """A stored attribute value as text; "" for none: JSON null, NaN, blank, or "nan" (stores written before
+    empty label cells were stored as "" hold them as "nan")."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    text = str(value).strip()
+    return "" if text == "nan" else text
 
 
 def stored_attributes(preds: pd.DataFrame) -> list[str]:
@@ -49,7 +55,7 @@ def stored_attributes(preds: pd.DataFrame) -> list[str]:
     if "attributes" in preds:
         for text in preds["attributes"].dropna().unique():
             try:
-                found.update(k for k, v in json.loads(text).items() if v not in (None, "", "nan") and v == v)
+                found.update(k for k, v in json.loads(text).items() if value_text(v))
             except (ValueError, AttributeError):
                 continue
     return names + sorted(found - {"generator"})
@@ -70,8 +76,7 @@ def within_srcc(block: pd.DataFrame, preds: pd.DataFrame, attribute: str) -> dic
 
     table: dict[str, dict[str, float]] = {}
     for line in block.itertuples():
-        ids = [int(i) for i in str(line.result_ids).split(",") if i]
-        items = preds[preds["result_id"].isin(ids)]
+        items = preds[preds["result_id"].isin(result_ids(line.result_ids))]
         if items.empty:
             continue
         items = items.assign(_value=attribute_values(items, attribute))
@@ -95,7 +100,7 @@ def breakdown_table(block: pd.DataFrame, preds: pd.DataFrame, attribute: str, ti
     table_data = within_srcc(block, preds, attribute)
     if not table_data:
         return None
-    ids = [int(i) for line in block.itertuples() for i in str(line.result_ids).split(",") if i]
+    ids = [i for value in block["result_ids"] for i in result_ids(value)]
     values_of = attribute_values(preds[preds["result_id"].isin(ids)], attribute)
     without = int((values_of == "").sum())
     left_out = (f"Test predictions of items without a {attribute} ({without} of {len(values_of)}) are left out. "

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from agiqa_bench.metrics import fit_logistic4, logistic4
+from leaderboard.aggregate import result_ids
 
 
 def _safe(text: str) -> str:
@@ -62,8 +63,7 @@ def scatter_grid(block: pd.DataFrame, preds: pd.DataFrame, ok: pd.DataFrame, tit
     plt = _pyplot()
     per_method = []
     for line in block.sort_values("srcc_mean", ascending=False).itertuples():
-        ids = [int(i) for i in str(line.result_ids).split(",") if i]
-        rows = ok[ok["id"].isin(ids)].sort_values("repeat")
+        rows = ok[ok["id"].isin(result_ids(line.result_ids))].sort_values("repeat")
         if rows.empty:
             continue
         first = rows.iloc[0]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leaderboard.aggregate import summarize, summarize_shared
+from leaderboard.aggregate import result_ids, summarize, summarize_shared
 from leaderboard.statistics import METRICS, SplitPredictions, cluster_bootstrap, holm, paired_comparison
 from leaderboard.tables import (
     TIED,
@@ -340,7 +340,7 @@ def _intervals(summary: pd.DataFrame, preds: pd.DataFrame, n_boot: int, seed: in
         return summary
     by_result = {rid: part for rid, part in preds.groupby("result_id")}
     for idx, row in summary.iterrows():
-        ids = [int(i) for i in str(row["result_ids"]).split(",") if i]
+        ids = result_ids(row["result_ids"])
         subset = pd.concat([by_result[i] for i in ids if i in by_result]) if any(i in by_result for i in ids) else None
         if subset is None:
             continue
@@ -368,7 +368,7 @@ def _comparisons(summary: pd.DataFrame, ok: pd.DataFrame, alpha: float) -> tuple
         best = summary.loc[best_idx]
 
         def by_split(line):
-            rows = [per_row[int(i)] for i in str(line["result_ids"]).split(",") if i and int(i) in per_row]
+            rows = [per_row[i] for i in result_ids(line["result_ids"]) if i in per_row]
             return {r.split_hash: float(r.srcc) if r.srcc is not None else math.nan for r in rows}, \
                 {r.split_hash: int(r.repeat) for r in rows}
 

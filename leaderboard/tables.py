@@ -64,16 +64,20 @@ def md_code(text) -> str:
 _CODE_SPAN = re.compile(r"`([^`]+)`")
 
 
+def _inline(text, literal, code) -> str:
+    """Caption text in some markup: `literal(part, first)` for the text, `code(part)` for its `code` spans."""
+    parts = _CODE_SPAN.split(str(text))
+    return "".join(code(p) if i % 2 else literal(p, i == 0) for i, p in enumerate(parts))
+
+
 def inline_markdown(text) -> str:
     """Caption text as markdown: literal, except `code` spans, kept as code."""
-    parts = _CODE_SPAN.split(str(text))
-    return "".join(md_code(p) if i % 2 else md_escape(p, line_start=i == 0) for i, p in enumerate(parts))
+    return _inline(text, lambda p, first: md_escape(p, line_start=first), md_code)
 
 
 def inline_html(text) -> str:
     """Caption text as HTML: escaped, `code` spans as <code>."""
-    parts = _CODE_SPAN.split(str(text))
-    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+    return _inline(text, lambda p, first: html.escape(p), lambda p: f"<code>{html.escape(p)}</code>")
 
 
 #: Characters LaTeX reads as commands, and the symbols the tables use, as LaTeX that needs no package beyond
@@ -107,8 +111,7 @@ def latex_escape(text) -> str:
 
 def inline_latex(text) -> str:
     """Caption text as LaTeX: literal, `code` spans in \\texttt."""
-    parts = _CODE_SPAN.split(str(text))
-    return "".join(f"\\texttt{{{latex_escape(p)}}}" if i % 2 else latex_escape(p) for i, p in enumerate(parts))
+    return _inline(text, lambda p, first: latex_escape(p), lambda p: f"\\texttt{{{latex_escape(p)}}}")
 
 
 #: Column headers that end in a metric name are grouped under their common prefix in LaTeX's two-row header.
